@@ -1,0 +1,193 @@
+//! The signature of a fused kernel: the unit the coarsener emits, agents profile and execute,
+//! and the profile store is keyed by.
+//!
+//! A signature is the ordered list of the ONNX ops fused into one kernel (with their
+//! attributes) plus the shapes and dtypes at its boundary. Two fused ops with equal
+//! signatures cost the same on a given board, so a board class needs profiling once per
+//! distinct signature.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Element type of a tensor at a kernel boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DType {
+    F32,
+    F16,
+    I64,
+    I32,
+    I8,
+    U8,
+    Bool,
+}
+
+impl DType {
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 => 2,
+            DType::I64 => 8,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+}
+
+/// Shape and element type of a tensor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TensorShape {
+    pub dims: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl TensorShape {
+    pub fn elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+    pub fn bytes(&self) -> usize {
+        self.elements() * self.dtype.size_bytes()
+    }
+}
+
+/// An attribute value of an ONNX node, kept in a form that hashes and serialises.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AttrValue {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+    Floats(Vec<f32>),
+    Str(String),
+}
+
+/// Which family of kernels executes a fused op (one WGSL template per class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KernelClass {
+    /// Gemm / MatMul with an epilogue (bias, activation, residual add).
+    MatMul,
+    /// Conv (any stride, padding, dilation, groups) with an epilogue.
+    Conv,
+    /// Max / Average / GlobalAverage pooling.
+    Pool,
+    /// Chains of element-wise ops with broadcasting.
+    Eltwise,
+    Softmax,
+    LayerNorm,
+    /// Concat / Split / Transpose / Reshape: copies or views.
+    Copy,
+    /// Gather for embeddings.
+    Gather,
+    /// Reductions and anything the rule set did not classify.
+    Other,
+}
+
+/// One ONNX node inside a fused kernel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FusedNode {
+    pub op_type: String,
+    pub attrs: BTreeMap<String, AttrValue>,
+}
+
+/// A fused kernel as the agents see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelSignature {
+    pub class: KernelClass,
+    /// The fused nodes in execution order.
+    pub nodes: Vec<FusedNode>,
+    /// Tensors entering the kernel (activations and parameters).
+    pub inputs: Vec<TensorShape>,
+    /// Tensors leaving it.
+    pub outputs: Vec<TensorShape>,
+    /// Floating-point operations (a multiply-add counts 2).
+    pub flops: u64,
+    /// Bytes read plus bytes written at the kernel boundary.
+    pub bytes: u64,
+}
+
+impl KernelSignature {
+    /// "Conv+BatchNormalization+Relu".
+    pub fn pattern(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.op_type.as_str())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    /// A stable, human-readable key: pattern, boundary shapes and the attributes that change
+    /// the cost. Used as the profile-store key and as `kernel` in profiled-graph JSON.
+    pub fn key(&self) -> String {
+        let shapes = |ts: &[TensorShape]| {
+            ts.iter()
+                .map(|t| {
+                    let d: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
+                    format!("{:?}[{}]", t.dtype, d.join("x")).to_lowercase()
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut attrs = Vec::new();
+        for n in &self.nodes {
+            for (k, v) in &n.attrs {
+                let v = match v {
+                    AttrValue::Int(i) => i.to_string(),
+                    AttrValue::Ints(v) => v
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("."),
+                    AttrValue::Float(f) => f.to_string(),
+                    AttrValue::Floats(v) => v
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("."),
+                    AttrValue::Str(s) => s.clone(),
+                };
+                attrs.push(format!("{}.{k}={v}", n.op_type));
+            }
+        }
+        format!(
+            "{}({})->({}){{{}}}",
+            self.pattern(),
+            shapes(&self.inputs),
+            shapes(&self.outputs),
+            attrs.join(";")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_pattern_shapes_and_attributes() {
+        let sig = KernelSignature {
+            class: KernelClass::Conv,
+            nodes: vec![
+                FusedNode {
+                    op_type: "Conv".into(),
+                    attrs: BTreeMap::from([("strides".into(), AttrValue::Ints(vec![2, 2]))]),
+                },
+                FusedNode {
+                    op_type: "Relu".into(),
+                    attrs: BTreeMap::new(),
+                },
+            ],
+            inputs: vec![TensorShape {
+                dims: vec![1, 3, 224, 224],
+                dtype: DType::F32,
+            }],
+            outputs: vec![TensorShape {
+                dims: vec![1, 64, 112, 112],
+                dtype: DType::F32,
+            }],
+            flops: 1,
+            bytes: 1,
+        };
+        assert_eq!(
+            sig.key(),
+            "Conv+Relu(f32[1x3x224x224])->(f32[1x64x112x112]){Conv.strides=2.2}"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! `moirai-shared`: what the orchestrator and the agents both speak.
+//!
+//! - [`graph`]: the operator DAG the placer works on ([`graph::Graph`]), annotated with
+//!   per-device run time, resident memory and per-edge transfer cost, and its
+//!   `profiled-graph/v1` JSON form ([`graph::format`]).
+//! - [`plan`]: a [`plan::Schedule`] (ops and transfers on a time axis) and the validator that
+//!   checks it against every rule of the cost model ([`plan::check`]).
+//! - [`kernel`]: the signature of a fused kernel, the unit agents profile and execute.
+//!
+//! No async and no I/O here: everything is plain data and pure functions, so both sides and
+//! the tests can use it without a runtime.
+
+pub mod graph;
+pub mod ids;
+pub mod kernel;
+pub mod plan;
+
+pub use graph::Graph;
+pub use ids::{DeviceId, EdgeId, OpId};
+pub use plan::Schedule;
