@@ -1,1 +1,14 @@
-//! placeholder
+//! `moirai-orchestrator`: turns a model and a fleet into a plan and keeps it running.
+//!
+//! Pipeline stages, one module each:
+//! - [`import`]: profiled-graph JSON (and ONNX) into a [`moirai_shared::Graph`].
+//! - [`simulate`]: the list-scheduling simulator every placer goes through.
+//! - [`place`]: baselines (single device, HEFT, m-TOPO, m-ETF, m-SCT, GETF) and the Moirai placer.
+//! - [`bound`]: lower bounds on the makespan.
+//! - [`report`]: tables and Gantt charts.
+
+pub mod bound;
+pub mod import;
+pub mod place;
+pub mod report;
+pub mod simulate;

@@ -1,0 +1,1 @@
+//! Placers: baselines and the Moirai placer.
