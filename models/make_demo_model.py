@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Writes models/demo-cnn.onnx, the small CNN `moirai demo` plans.
+
+A stem convolution, two inception-style blocks with parallel branches (so placing the
+branches on different boards can pay off), a strided reduction and a classifier head.
+Weights are random with a fixed seed: the demo measures and places, it does not classify.
+
+    pip install onnx numpy && python3 models/make_demo_model.py
+"""
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+rng = np.random.default_rng(7)
+nodes, inits = [], []
+
+
+def weight(name, shape):
+    w = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+    inits.append(numpy_helper.from_array(w, name))
+    return name
+
+
+def conv(name, x, cin, cout, k, stride=1, relu=True):
+    w = weight(f"{name}.w", (cout, cin, k, k))
+    b = weight(f"{name}.b", (cout,))
+    out = f"{name}.out"
+    nodes.append(
+        helper.make_node(
+            "Conv", [x, w, b], [out if not relu else f"{name}.pre"], name=name,
+            kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4,
+        )
+    )
+    if relu:
+        nodes.append(helper.make_node("Relu", [f"{name}.pre"], [out], name=f"{name}.relu"))
+    return out
+
+
+def block(name, x, cin, c):
+    a = conv(f"{name}.a", x, cin, c, 1)
+    b = conv(f"{name}.b1", x, cin, c, 1)
+    b = conv(f"{name}.b2", b, c, c, 3)
+    d = conv(f"{name}.c1", x, cin, c // 2, 1)
+    d = conv(f"{name}.c2", d, c // 2, c, 5)
+    out = f"{name}.cat"
+    nodes.append(helper.make_node("Concat", [a, b, d], [out], name=out, axis=1))
+    return out, 3 * c
+
+
+x = conv("stem", "input", 3, 32, 3, stride=2)  # 1x32x64x64
+x, c = block("mix1", x, 32, 32)  # 96 channels
+x = conv("reduce", x, c, 128, 3, stride=2)  # 1x128x32x32
+x, c = block("mix2", x, 128, 64)  # 192 channels
+nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1))
+fc_w = weight("fc.w", (10, c))
+fc_b = weight("fc.b", (10,))
+nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc", transB=1))
+
+graph = helper.make_graph(
+    nodes,
+    "demo-cnn",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 128, 128])],
+    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+    inits,
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="moirai")
+model.ir_version = 8
+onnx.checker.check_model(model)
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo-cnn.onnx")
+onnx.save(model, out)
+print(f"wrote {out} ({os.path.getsize(out)} bytes, {len(nodes)} nodes)")
