@@ -6,9 +6,13 @@ branches on different boards can pay off), a strided reduction and a classifier 
 Weights are random with a fixed seed: the demo measures and places, it does not classify.
 
     pip install onnx numpy && python3 models/make_demo_model.py
+
+`--tiny` writes tests/fixtures/onnx/tiny-fleet.onnx instead: the same layout at 16x16 with few
+channels, which the fleet integration tests profile in milliseconds.
 """
 
 import os
+import sys
 
 import numpy as np
 import onnx
@@ -50,10 +54,12 @@ def block(name, x, cin, c):
     return out, 3 * c
 
 
-x = conv("stem", "input", 3, 32, 3, stride=2)  # 1x32x64x64
-x, c = block("mix1", x, 32, 32)  # 96 channels
-x = conv("reduce", x, c, 128, 3, stride=2)  # 1x128x32x32
-x, c = block("mix2", x, 128, 64)  # 192 channels
+TINY = "--tiny" in sys.argv
+side, w = (16, 4) if TINY else (128, 32)
+x = conv("stem", "input", 3, w, 3, stride=2)  # 1x32x64x64 (demo)
+x, c = block("mix1", x, w, w)  # 96 channels
+x = conv("reduce", x, c, 4 * w, 3, stride=2)  # 1x128x32x32
+x, c = block("mix2", x, 4 * w, 2 * w)  # 192 channels
 nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
 nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1))
 fc_w = weight("fc.w", (10, c))
@@ -62,14 +68,19 @@ nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc
 
 graph = helper.make_graph(
     nodes,
-    "demo-cnn",
-    [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 128, 128])],
+    "tiny-fleet" if TINY else "demo-cnn",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, side, side])],
     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
     inits,
 )
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="moirai")
 model.ir_version = 8
 onnx.checker.check_model(model)
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo-cnn.onnx")
+here = os.path.dirname(os.path.abspath(__file__))
+if TINY:
+    out = os.path.join(here, "..", "tests", "fixtures", "onnx", "tiny-fleet.onnx")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+else:
+    out = os.path.join(here, "demo-cnn.onnx")
 onnx.save(model, out)
 print(f"wrote {out} ({os.path.getsize(out)} bytes, {len(nodes)} nodes)")

@@ -134,6 +134,47 @@ impl WireMessage for Probe {
     const MAX_SIZE: usize = (1 << 20) + 16;
 }
 
+/// One agent in a [`FleetSnapshot`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetRow {
+    pub name: AgentName,
+    pub board: heapless::String<NAME_LEN>,
+    pub adapter: heapless::String<ADAPTER_LEN>,
+    pub backend: heapless::String<SHORT_LEN>,
+    pub online: bool,
+    /// Why it is offline (`last will`, `heartbeat timeout`), empty when online.
+    pub cause: heapless::String<SHORT_LEN>,
+    pub bd_seq: u64,
+    /// Milliseconds since its last message, when the snapshot was taken.
+    pub last_seen_ms: u64,
+    pub heartbeats: u64,
+    pub busy: bool,
+    pub emulation_scale: Option<f32>,
+    pub link: Option<LinkStats>,
+    /// Ops it runs in the current plan.
+    pub ops: u32,
+}
+
+/// The orchestrator's registry, published retained whenever it changes (and every few
+/// seconds) so `moirai fleet` can show it from anywhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetSnapshot {
+    /// Wall clock of the orchestrator when taken (Unix ms).
+    pub taken_at_ms: u64,
+    /// Epoch of the plan in force (0: none yet).
+    pub epoch: u64,
+    pub makespan_ms: f64,
+    pub model: String,
+    pub agents: Vec<FleetRow>,
+    /// Payloads dropped because they did not decode.
+    pub dropped: u64,
+}
+
+impl WireMessage for FleetSnapshot {
+    const KIND: MessageKind = MessageKind::FleetSnapshot;
+    const MAX_SIZE: usize = 1 << 20;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +240,33 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_snapshot_round_trips() {
+        let b = largest_birth();
+        round_trip(&FleetSnapshot {
+            taken_at_ms: 5,
+            epoch: 2,
+            makespan_ms: 3.5,
+            model: "demo-cnn".into(),
+            agents: vec![FleetRow {
+                name: b.name,
+                board: b.board,
+                adapter: b.adapter,
+                backend: b.backend,
+                online: false,
+                cause: truncated("last will"),
+                bd_seq: 9,
+                last_seen_ms: 1200,
+                heartbeats: 4,
+                busy: false,
+                emulation_scale: Some(2.5),
+                link: None,
+                ops: 3,
+            }],
+            dropped: 1,
+        });
+    }
+
+    #[test]
     fn death_bytes_are_version_then_varint() {
         let bytes = crate::wire::encode(&Death { bd_seq: 300 }).unwrap();
         assert_eq!(bytes, vec![crate::wire::PROTOCOL_VERSION, 0xAC, 0x02]);
@@ -222,6 +290,7 @@ mod tests {
             let _ = decode::<Heartbeat>(&bytes);
             let _ = decode::<Command>(&bytes);
             let _ = decode::<Probe>(&bytes);
+            let _ = decode::<FleetSnapshot>(&bytes);
         }
 
         #[test]

@@ -50,6 +50,7 @@ pub enum MessageKind {
     ProfileReport,
     Assignment,
     Probe,
+    FleetSnapshot,
 }
 
 impl std::fmt::Display for MessageKind {

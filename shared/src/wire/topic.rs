@@ -5,6 +5,7 @@
 //! | topic | from | message |
 //! |---|---|---|
 //! | `<p>/orchestrator/state` (retained) | orchestrator, and its Last Will | `OrchState` |
+//! | `<p>/orchestrator/fleet` (retained) | orchestrator | `FleetSnapshot` |
 //! | `<p>/agent/<name>/birth` | agent | `Birth` |
 //! | `<p>/agent/<name>/death` | agent's Last Will | `Death` |
 //! | `<p>/agent/<name>/heartbeat` | agent | `Heartbeat` |
@@ -62,6 +63,7 @@ impl TopicKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topic {
     OrchState,
+    OrchFleet,
     Agent { name: AgentName, kind: TopicKind },
 }
 
@@ -110,6 +112,10 @@ impl Topics {
         format!("{}/orchestrator/state", self.prefix)
     }
 
+    pub fn orch_fleet(&self) -> String {
+        format!("{}/orchestrator/fleet", self.prefix)
+    }
+
     pub fn agent(&self, name: &str, kind: TopicKind) -> String {
         format!("{}/agent/{name}/{}", self.prefix, kind.suffix())
     }
@@ -129,8 +135,10 @@ impl Topics {
             .strip_prefix(self.prefix.as_str())
             .and_then(|r| r.strip_prefix('/'))
             .ok_or_else(|| bad("outside the prefix"))?;
-        if rest == "orchestrator/state" {
-            return Ok(Topic::OrchState);
+        match rest {
+            "orchestrator/state" => return Ok(Topic::OrchState),
+            "orchestrator/fleet" => return Ok(Topic::OrchFleet),
+            _ => {}
         }
         let rest = rest
             .strip_prefix("agent/")
@@ -179,6 +187,7 @@ mod tests {
             );
         }
         assert_eq!(t.parse(&t.orch_state()).unwrap(), Topic::OrchState);
+        assert_eq!(t.parse(&t.orch_fleet()).unwrap(), Topic::OrchFleet);
     }
 
     #[test]
