@@ -6,14 +6,20 @@
 //! - [`plan`]: a [`plan::Schedule`] (ops and transfers on a time axis) and the validator that
 //!   checks it against every rule of the cost model ([`plan::check`]).
 //! - [`kernel`]: the signature of a fused kernel, the unit agents profile and execute.
+//! - [`device`]: board classes ([`device::BoardSpec`]) and clusters ([`device::Cluster`]).
+//! - [`cost`]: the roofline cost model, the profile table that replaces it, link transfer times.
+//! - [`wire`]: the MQTT topics and messages between orchestrator and agents.
 //!
 //! No async and no I/O here: everything is plain data and pure functions, so both sides and
 //! the tests can use it without a runtime.
 
+pub mod cost;
+pub mod device;
 pub mod graph;
 pub mod ids;
 pub mod kernel;
 pub mod plan;
+pub mod wire;
 
 pub use graph::Graph;
 pub use ids::{DeviceId, EdgeId, OpId};
