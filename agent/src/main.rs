@@ -1,1 +1,301 @@
-fn main() {}
+//! `moirai-agent`: the program that runs on each board.
+//!
+//! Subcommands: `profile` times the fused kernels of a model (or a signature list) and writes
+//! them to the profile store; `bench-kernels` prints achieved GFLOP/s and GB/s per kernel class
+//! next to tract's matmul and the adapter's figures; `adapters` lists what wgpu sees.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use moirai_agent::gpu::context::{AdapterChoice, GpuContext};
+use moirai_agent::profile::bench;
+use moirai_agent::profile::store::ProfileStore;
+use moirai_agent::profile::{Backend, KernelProfile, Profiler};
+use moirai_shared::kernel::KernelSignature;
+
+#[derive(Parser)]
+#[command(
+    name = "moirai-agent",
+    version,
+    about = "Moirai agent: profiles and runs fused DNN kernels on this board"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Check this build on this board and exit: adapter probe, one kernel on the CPU executor
+    /// (and on the GPU when there is one), protocol round trip. Exit status 1 on any failure.
+    #[arg(long)]
+    self_test: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a subcommand: connect to the orchestrator's broker and serve.
+    #[command(flatten)]
+    connect: moirai_agent::link::cli::ConnectArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum BackendArg {
+    Wgpu,
+    Cpu,
+}
+
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// Where kernels run: wgpu (falls back to cpu when no adapter exists) or cpu (tract).
+    #[arg(long, value_enum, default_value = "wgpu")]
+    backend: BackendArg,
+    /// Pick the adapter whose name contains this text (else MOIRAI_ADAPTER, else: discrete >
+    /// integrated > CPU).
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time every fused kernel of a model and write the medians to the profile store.
+    Profile {
+        /// ONNX model to import and coarsen.
+        #[arg(long, conflicts_with = "signatures")]
+        model: Option<PathBuf>,
+        /// A JSON list of kernel signatures instead of a model.
+        #[arg(long)]
+        signatures: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Profile store to update (moirai-profiles/v1 JSON).
+        #[arg(long, default_value = "profiles.json")]
+        store: PathBuf,
+        /// Board class the figures are filed under (default: the adapter name, or "cpu").
+        #[arg(long)]
+        board: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        warmups: usize,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Also run the fusion test (fused vs. parts) on every fused kernel.
+        #[arg(long)]
+        fusion_test: bool,
+    },
+    /// Achieved GFLOP/s and GB/s per kernel class, and tract's matmul side by side.
+    BenchKernels {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Matmul size for the GPU-vs-tract comparison.
+        #[arg(long, default_value_t = 1024)]
+        n: usize,
+        #[arg(long, default_value_t = 2)]
+        warmups: usize,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Threads for tract's matmul (0: as many as cores).
+        #[arg(long, default_value_t = 0)]
+        tract_threads: usize,
+    },
+    /// List the adapters wgpu sees, best first.
+    Adapters,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn,moirai_agent=info",
+        1 => "info,moirai_agent=debug",
+        _ => "debug,moirai_agent=trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moirai-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the GPU for `--backend wgpu`; without any adapter, says so and falls back to the CPU.
+fn open_device(d: &DeviceArgs) -> anyhow::Result<Option<GpuContext>> {
+    if d.backend == BackendArg::Cpu {
+        return Ok(None);
+    }
+    let choice = match &d.adapter {
+        Some(a) => AdapterChoice::NameContains(a.clone()),
+        None => AdapterChoice::from_env(),
+    };
+    match GpuContext::open(&choice) {
+        Ok(ctx) => {
+            println!("adapter: {}", ctx.report());
+            Ok(Some(ctx))
+        }
+        Err(e @ moirai_agent::gpu::GpuError::NoAdapter) => {
+            println!("no GPU adapter on this board ({e}); using the CPU executor (tract)");
+            Ok(None)
+        }
+        Err(e) => Err(e).context("opening the GPU"),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.self_test {
+        let report = moirai_agent::selftest::run(&AdapterChoice::from_env());
+        println!("moirai-agent {} self-test", env!("CARGO_PKG_VERSION"));
+        for check in &report.checks {
+            println!("{check}");
+        }
+        if !report.passed() {
+            bail!("self-test failed");
+        }
+        println!("self-test passed");
+        return Ok(());
+    }
+    let Some(command) = cli.command else {
+        return Ok(moirai_agent::link::cli::run(cli.connect, None)?);
+    };
+    match command {
+        Command::Adapters => {
+            let list = GpuContext::list_adapters();
+            if list.is_empty() {
+                println!("no adapters");
+            }
+            for a in list {
+                println!(
+                    "{} ({:?}, {:?}, {} {})",
+                    a.name, a.backend, a.device_type, a.driver, a.driver_info
+                );
+            }
+            Ok(())
+        }
+        Command::Profile {
+            model,
+            signatures,
+            device,
+            store,
+            board,
+            warmups,
+            runs,
+            fusion_test,
+        } => {
+            let sigs = load_signatures(model.as_deref(), signatures.as_deref())?;
+            let ctx = open_device(&device)?;
+            let backend = match &ctx {
+                Some(c) => Backend::Gpu(c),
+                None => Backend::Cpu,
+            };
+            let board = board.unwrap_or_else(|| match &ctx {
+                Some(c) => c.info.name.clone(),
+                None => "cpu".into(),
+            });
+            let profiler = Profiler::new(backend, warmups, runs);
+            let mut done: Vec<KernelProfile> = Vec::new();
+            let mut failed = 0;
+            println!(
+                "{:<4} {:<44} {:>10} {:>8} {:>9} {:>8}  clock",
+                "#", "kernel", "median ms", "spread", "GFLOP/s", "GB/s"
+            );
+            for (i, s) in sigs.iter().enumerate() {
+                match profiler.profile(s) {
+                    Ok(p) => {
+                        println!(
+                            "{:<4} {:<44} {:>10.4} {:>7.1}% {:>9.2} {:>8.2}  {:?}",
+                            i,
+                            short(&p.pattern, 44),
+                            p.median_ms,
+                            100.0 * p.spread,
+                            p.gflops(),
+                            p.gbytes(),
+                            p.clock
+                        );
+                        done.push(p);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("{i:<4} {:<44} FAILED: {e}", short(&s.pattern(), 44));
+                    }
+                }
+            }
+            let total: f64 = done.iter().map(|p| p.median_ms).sum();
+            println!(
+                "{} kernels profiled on {} ({} failed); sum of medians {:.3} ms",
+                done.len(),
+                backend.name(),
+                failed,
+                total
+            );
+            if fusion_test {
+                println!("\nfusion test (nn-Meter): fused vs. head + element-wise tail");
+                for s in sigs.iter().filter(|s| s.nodes.len() > 1) {
+                    match profiler.fusion_test(s) {
+                        Ok(v) => println!(
+                            "{:<44} fused {:>9.4} ms  parts {:>9.4} ms  {}",
+                            short(&v.pattern, 44),
+                            v.fused_ms,
+                            v.parts_ms(),
+                            if v.pays { "pays" } else { "DOES NOT PAY" }
+                        ),
+                        Err(e) => println!("{:<44} skipped: {e}", short(&s.pattern(), 44)),
+                    }
+                }
+            }
+            let mut st = ProfileStore::open(&store)?;
+            st.record(&board, &done);
+            st.save()?;
+            println!(
+                "profile store {} updated (board {board:?})",
+                store.display()
+            );
+            if failed > 0 && done.is_empty() {
+                bail!("no kernel could be profiled");
+            }
+            Ok(())
+        }
+        Command::BenchKernels {
+            device,
+            n,
+            warmups,
+            runs,
+            tract_threads,
+        } => {
+            let ctx = open_device(&device)?;
+            bench::run(ctx.as_ref(), n, warmups, runs, tract_threads)?;
+            Ok(())
+        }
+    }
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let t: String = s.chars().take(n - 1).collect();
+        format!("{t}…")
+    }
+}
+
+fn load_signatures(
+    model: Option<&std::path::Path>,
+    signatures: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<KernelSignature>> {
+    match (model, signatures) {
+        (_, Some(p)) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+        }
+        (Some(m), None) => model_signatures(m),
+        (None, None) => bail!("give --model M.onnx or --signatures S.json"),
+    }
+}
+
+fn model_signatures(_model: &std::path::Path) -> anyhow::Result<Vec<KernelSignature>> {
+    bail!("importing ONNX models needs the coarsener (moirai-orchestrator), not linked yet")
+}

@@ -1,0 +1,356 @@
+//! The CPU executor: a fused kernel as a small ONNX graph run by tract.
+//!
+//! Boards without a wgpu adapter run their kernels here, and the kernel tests use it as the
+//! reference. The graph is built in memory from the signature with the same wiring convention
+//! as the GPU kernels ([`crate::kernels::wire`]); integer shape-like inputs (Reshape shapes,
+//! Squeeze axes, Split sizes) become constants derived from the boundary shapes, views become
+//! one Reshape each.
+
+use std::sync::Arc;
+
+use moirai_shared::kernel::{AttrValue, DType, KernelSignature};
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use super::host::{input_roles, HostData, HostTensor, InputRole};
+use crate::kernels::{attr_i, attr_is, axis, wire, KernelError};
+
+/// What went wrong building or running a CPU kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("kernel {kernel}: {source}")]
+    Wiring {
+        kernel: String,
+        #[source]
+        source: KernelError,
+    },
+    #[error("kernel {kernel}: {what}")]
+    Unsupported { kernel: String, what: String },
+    #[error("kernel {kernel}: tract: {message}")]
+    Tract { kernel: String, message: String },
+}
+
+/// A fused kernel compiled by tract.
+pub struct CpuKernel {
+    pub signature: KernelSignature,
+    plan: Arc<TypedRunnableModel>,
+    /// Signature inputs fed at run time (the others are baked-in constants).
+    runtime_inputs: Vec<usize>,
+}
+
+fn onnx_dtype(d: DType) -> i32 {
+    use pb::tensor_proto::DataType as T;
+    (match d {
+        DType::F32 => T::Float,
+        DType::F16 => T::Float16,
+        DType::I64 => T::Int64,
+        DType::I32 => T::Int32,
+        DType::I8 => T::Int8,
+        DType::U8 => T::Uint8,
+        DType::Bool => T::Bool,
+    }) as i32
+}
+
+fn value_info(name: &str, dims: &[usize], dtype: DType) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: onnx_dtype(dtype),
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            denotation: String::new(),
+                            value: Some(Value::DimValue(d as i64)),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+fn i64_initializer(name: &str, values: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: vec![values.len() as i64],
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attribute(name: &str, v: &AttrValue) -> pb::AttributeProto {
+    use pb::attribute_proto::AttributeType as A;
+    let mut a = pb::AttributeProto {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    match v {
+        AttrValue::Int(i) => {
+            a.i = *i;
+            a.r#type = A::Int as i32;
+        }
+        AttrValue::Ints(v) => {
+            a.ints = v.clone();
+            a.r#type = A::Ints as i32;
+        }
+        AttrValue::Float(f) => {
+            a.f = *f;
+            a.r#type = A::Float as i32;
+        }
+        AttrValue::Floats(v) => {
+            a.floats = v.clone();
+            a.r#type = A::Floats as i32;
+        }
+        AttrValue::Str(s) => {
+            a.s = s.as_bytes().to_vec();
+            a.r#type = A::String as i32;
+        }
+    }
+    a
+}
+
+fn is_view(op: &str) -> bool {
+    matches!(op, "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze")
+}
+
+fn f32_initializer(name: &str, t: &HostTensor) -> Option<pb::TensorProto> {
+    let HostData::F32(v) = &t.data else {
+        return None;
+    };
+    Some(pb::TensorProto {
+        name: name.to_string(),
+        dims: t.dims.iter().map(|&d| d as i64).collect(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        float_data: v.clone(),
+        ..Default::default()
+    })
+}
+
+/// Inputs tract needs as constants (BatchNormalization statistics).
+fn baked(role: InputRole) -> bool {
+    matches!(role, InputRole::BnParam | InputRole::Variance)
+}
+
+/// The in-memory ONNX model of a signature, and which inputs stay runtime inputs. `values`
+/// supplies the inputs that must be constants (see [`CpuKernel::build_with`]).
+pub fn onnx_model(
+    sig: &KernelSignature,
+    values: &[HostTensor],
+) -> Result<(pb::ModelProto, Vec<usize>), CpuError> {
+    let kernel = sig.pattern();
+    let wiring = wire(sig).map_err(|source| CpuError::Wiring {
+        kernel: kernel.clone(),
+        source,
+    })?;
+    let roles = input_roles(sig);
+    let unsupported = |what: String| CpuError::Unsupported {
+        kernel: kernel.clone(),
+        what,
+    };
+    let out_dims = &sig.outputs[0].dims;
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let mut prev: Vec<String> = Vec::new();
+    let last = sig.nodes.len() - 1;
+    for (i, node) in sig.nodes.iter().enumerate() {
+        let mut ins: Vec<String> = Vec::new();
+        if i > 0 {
+            ins.push(prev[0].clone());
+        }
+        let mut op = node.op_type.clone();
+        let mut attrs: Vec<pb::AttributeProto> =
+            node.attrs.iter().map(|(k, v)| attribute(k, v)).collect();
+        if is_view(&op) {
+            // Target shape: the output if this is the last node, else (before a Transpose)
+            // the Transpose's input shape.
+            let target: Vec<usize> = if i == last {
+                out_dims.clone()
+            } else if sig.nodes[i + 1..]
+                .iter()
+                .all(|n| n.op_type == "Transpose" || is_view(&n.op_type))
+                && sig.nodes[i + 1].op_type == "Transpose"
+                && i + 2 == sig.nodes.len()
+            {
+                let t = &sig.nodes[i + 1];
+                let rank = out_dims.len();
+                let perm: Vec<usize> = match attr_is(t, "perm") {
+                    Some(p) => p.iter().map(|&a| axis(a, rank)).collect(),
+                    None => (0..rank).rev().collect(),
+                };
+                let mut inp = vec![0; rank];
+                for (o, &p) in perm.iter().enumerate() {
+                    inp[p] = out_dims[o];
+                }
+                inp
+            } else {
+                return Err(unsupported(format!("cannot infer the shape after {op}")));
+            };
+            if i == 0 {
+                let j = wiring[0][0];
+                ins.push(format!("in{j}"));
+            }
+            let name = format!("shape{i}");
+            let t: Vec<i64> = target.iter().map(|&d| d as i64).collect();
+            inits.push(i64_initializer(&name, &t));
+            ins.push(name);
+            op = "Reshape".into();
+            attrs.clear();
+        } else {
+            let own = if i == 0 {
+                &wiring[0][..]
+            } else {
+                &wiring[i][..]
+            };
+            for (k, &j) in own.iter().enumerate() {
+                if roles[j] == InputRole::ShapeConst {
+                    if op == "Split" && k == 1 {
+                        let a = axis(attr_i(node, "axis", 0), out_dims.len());
+                        let sizes: Vec<i64> =
+                            sig.outputs.iter().map(|t| t.dims[a] as i64).collect();
+                        let name = format!("split{i}");
+                        inits.push(i64_initializer(&name, &sizes));
+                        ins.push(name);
+                        continue;
+                    }
+                    if op != "Gather" && op != "Slice" {
+                        return Err(unsupported(format!("integer operand of {op}")));
+                    }
+                }
+                if baked(roles[j]) {
+                    let name = format!("in{j}");
+                    let init = values
+                        .get(j)
+                        .and_then(|v| f32_initializer(&name, v))
+                        .ok_or_else(|| {
+                            unsupported(format!("no f32 value for constant input {j}"))
+                        })?;
+                    if !inits.iter().any(|t: &pb::TensorProto| t.name == name) {
+                        inits.push(init);
+                    }
+                }
+                ins.push(format!("in{j}"));
+            }
+        }
+        let outs: Vec<String> = if i == last {
+            (0..sig.outputs.len()).map(|o| format!("out{o}")).collect()
+        } else {
+            vec![format!("n{i}")]
+        };
+        nodes.push(pb::NodeProto {
+            input: ins,
+            output: outs.clone(),
+            name: format!("node{i}"),
+            op_type: op,
+            attribute: attrs,
+            ..Default::default()
+        });
+        prev = outs;
+    }
+    let runtime: Vec<usize> = (0..sig.inputs.len())
+        .filter(|&j| roles[j] != InputRole::ShapeConst && !baked(roles[j]))
+        .filter(|&j| {
+            nodes
+                .iter()
+                .any(|n| n.input.iter().any(|s| *s == format!("in{j}")))
+        })
+        .collect();
+    let graph = pb::GraphProto {
+        node: nodes,
+        name: "kernel".into(),
+        initializer: inits,
+        input: runtime
+            .iter()
+            .map(|&j| value_info(&format!("in{j}"), &sig.inputs[j].dims, sig.inputs[j].dtype))
+            .collect(),
+        output: sig
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(o, t)| value_info(&format!("out{o}"), &t.dims, t.dtype))
+            .collect(),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        producer_name: "moirai-agent".into(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    Ok((model, runtime))
+}
+
+impl CpuKernel {
+    /// Builds with sample values for the inputs tract needs constant (BatchNormalization
+    /// statistics): right for profiling; to execute real weights use [`CpuKernel::build_with`].
+    pub fn build(sig: &KernelSignature) -> Result<Self, CpuError> {
+        Self::build_with(sig, &super::host::sample_inputs(sig, 1))
+    }
+
+    /// Builds with `values[j]` baked in for every input tract needs constant; the other
+    /// entries of `values` are ignored (they are fed at run time).
+    pub fn build_with(sig: &KernelSignature, values: &[HostTensor]) -> Result<Self, CpuError> {
+        let kernel = sig.pattern();
+        let tract_err = |e: TractError| CpuError::Tract {
+            kernel: kernel.clone(),
+            message: format!("{e:#}"),
+        };
+        let (proto, runtime_inputs) = onnx_model(sig, values)?;
+        let plan = tract_onnx::onnx()
+            .model_for_proto_model(&proto)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(tract_err)?;
+        Ok(CpuKernel {
+            signature: sig.clone(),
+            plan,
+            runtime_inputs,
+        })
+    }
+
+    /// Runs on all signature inputs (constants among them are ignored: they are baked in).
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
+        let kernel = self.signature.pattern();
+        let tract_err = |e: TractError| CpuError::Tract {
+            kernel: kernel.clone(),
+            message: format!("{e:#}"),
+        };
+        let mut feed: TVec<TValue> = TVec::new();
+        for &j in &self.runtime_inputs {
+            let h = inputs.get(j).ok_or_else(|| CpuError::Unsupported {
+                kernel: kernel.clone(),
+                what: format!("input {j} missing"),
+            })?;
+            let t = match &h.data {
+                HostData::F32(v) => Tensor::from_shape(&h.dims, v),
+                HostData::I64(v) => Tensor::from_shape(&h.dims, v),
+            }
+            .map_err(tract_err)?;
+            feed.push(t.into());
+        }
+        let outs = self.plan.run(feed).map_err(tract_err)?;
+        outs.into_iter()
+            .map(|v| {
+                let t = v.into_tensor();
+                let dims = t.shape().to_vec();
+                let t = t.cast_to::<f32>().map_err(tract_err)?;
+                let data: Vec<f32> = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(tract_err)?
+                    .iter()
+                    .copied()
+                    .collect();
+                Ok(HostTensor::f32(&dims, data))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,161 @@
+//! Host tensors and the sample inputs the profiler and tests feed kernels.
+
+use moirai_shared::kernel::{DType, KernelSignature};
+
+use crate::gpu::buffers::{BufferPool, GpuTensor};
+use crate::gpu::context::{GpuContext, GpuError};
+use crate::kernels::wire;
+
+/// Elements of a host tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// A tensor in host memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub dims: Vec<usize>,
+    pub data: HostData,
+}
+
+impl HostTensor {
+    pub fn f32(dims: &[usize], data: Vec<f32>) -> Self {
+        HostTensor {
+            dims: dims.to_vec(),
+            data: HostData::F32(data),
+        }
+    }
+
+    pub fn i64(dims: &[usize], data: Vec<i64>) -> Self {
+        HostTensor {
+            dims: dims.to_vec(),
+            data: HostData::I64(data),
+        }
+    }
+
+    /// Copies the tensor to the device (`int64` narrowed to `i32`).
+    pub fn upload(&self, ctx: &GpuContext, pool: &BufferPool) -> Result<GpuTensor, GpuError> {
+        match &self.data {
+            HostData::F32(v) => pool.upload_f32(ctx, &self.dims, v),
+            HostData::I64(v) => {
+                let narrowed: Vec<i32> = v
+                    .iter()
+                    .map(|&x| x.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+                    .collect();
+                pool.upload_i32(ctx, &self.dims, &narrowed)
+            }
+        }
+    }
+}
+
+/// The role an input plays, which decides what sample data it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRole {
+    /// Activations and weights: random normal-ish floats.
+    Data,
+    /// Gather indices into an axis of this size.
+    Indices(usize),
+    /// Clip lower and upper bounds.
+    ClipMin,
+    ClipMax,
+    /// Exponent of a Pow.
+    Exponent,
+    /// BatchNormalization variance (must be positive).
+    Variance,
+    /// BatchNormalization scale, bias and mean (tract wants them constant).
+    BnParam,
+    /// Shape-like integer constants (Reshape shape, Squeeze axes, Split sizes): the kernels
+    /// take shapes from the signature; the CPU executor derives them.
+    ShapeConst,
+}
+
+/// The role of each signature input.
+pub fn input_roles(sig: &KernelSignature) -> Vec<InputRole> {
+    let mut roles = vec![InputRole::Data; sig.inputs.len()];
+    for (j, t) in sig.inputs.iter().enumerate() {
+        if t.dtype != DType::F32 && t.dtype != DType::F16 {
+            roles[j] = InputRole::ShapeConst;
+        }
+    }
+    let Ok(wiring) = wire(sig) else {
+        return roles;
+    };
+    for (i, node) in sig.nodes.iter().enumerate() {
+        let w = &wiring[i];
+        // Position of operand `k` (ONNX numbering) in this node's wiring.
+        let at = |k: usize| -> Option<usize> {
+            if i == 0 {
+                w.get(k).copied()
+            } else {
+                k.checked_sub(1).and_then(|k| w.get(k).copied())
+            }
+        };
+        match node.op_type.as_str() {
+            "Gather" => {
+                if let (Some(d), Some(ix)) = (at(0), at(1)) {
+                    let a = crate::kernels::axis(
+                        crate::kernels::attr_i(node, "axis", 0),
+                        sig.inputs[d].dims.len(),
+                    );
+                    roles[ix] = InputRole::Indices(sig.inputs[d].dims.get(a).copied().unwrap_or(1));
+                }
+            }
+            "Clip" => {
+                if let Some(j) = at(1) {
+                    roles[j] = InputRole::ClipMin;
+                }
+                if let Some(j) = at(2) {
+                    roles[j] = InputRole::ClipMax;
+                }
+            }
+            "Pow" => {
+                if let Some(j) = at(1) {
+                    roles[j] = InputRole::Exponent;
+                }
+            }
+            "BatchNormalization" => {
+                for k in 1..4 {
+                    if let Some(j) = at(k) {
+                        roles[j] = InputRole::BnParam;
+                    }
+                }
+                if let Some(j) = at(4) {
+                    roles[j] = InputRole::Variance;
+                }
+            }
+            _ => {}
+        }
+    }
+    roles
+}
+
+/// Deterministic sample inputs of the signature's shapes.
+pub fn sample_inputs(sig: &KernelSignature, seed: u64) -> Vec<HostTensor> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let roles = input_roles(sig);
+    sig.inputs
+        .iter()
+        .zip(roles)
+        .map(|(t, role)| {
+            let n = t.elements();
+            match role {
+                InputRole::Data | InputRole::BnParam => {
+                    HostTensor::f32(&t.dims, (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect())
+                }
+                InputRole::Variance => {
+                    HostTensor::f32(&t.dims, (0..n).map(|_| 0.5 + rng.f32()).collect())
+                }
+                InputRole::ClipMin => HostTensor::f32(&t.dims, vec![0.0; n]),
+                InputRole::ClipMax => HostTensor::f32(&t.dims, vec![0.5; n]),
+                InputRole::Exponent => HostTensor::f32(&t.dims, vec![2.0; n]),
+                InputRole::Indices(d) => HostTensor::i64(
+                    &t.dims,
+                    (0..n).map(|_| rng.i64(0..d.max(1) as i64)).collect(),
+                ),
+                InputRole::ShapeConst => HostTensor::i64(&t.dims, vec![0; n]),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! Element-wise ops as WGSL statements on a value `v` at flat output index `idx`: the fused
+//! epilogue of every kernel, and on their own the element-wise chains.
+
+use std::fmt::Write;
+
+use moirai_shared::kernel::{FusedNode, KernelSignature};
+
+use super::shader::{broadcast_index, grid_1d, lit, Shader};
+use super::{attr_f, gpu_dtype, malformed, unsupported, KernelError, Plan};
+
+/// Ops an epilogue can apply.
+pub fn is_elementwise(op: &str) -> bool {
+    matches!(
+        op,
+        "Relu"
+            | "LeakyRelu"
+            | "Sigmoid"
+            | "Tanh"
+            | "Clip"
+            | "HardSigmoid"
+            | "HardSwish"
+            | "Erf"
+            | "Gelu"
+            | "Sqrt"
+            | "Exp"
+            | "Log"
+            | "Neg"
+            | "Abs"
+            | "Reciprocal"
+            | "Identity"
+            | "Dropout"
+            | "Cast"
+            | "Add"
+            | "Sub"
+            | "Mul"
+            | "Div"
+            | "Pow"
+            | "Max"
+            | "Min"
+            | "PRelu"
+            | "BatchNormalization"
+    )
+}
+
+/// Emits `fn epi(v0: f32, idx: u32) -> f32` applying `nodes` in order. `extras[i]` are the
+/// signature inputs node `i` reads besides `v`; `out` is the shape `idx` indexes.
+pub fn emit(
+    sig: &KernelSignature,
+    nodes: &[FusedNode],
+    extras: &[Vec<usize>],
+    out: &[usize],
+    sh: &mut Shader,
+) -> Result<(), KernelError> {
+    let mut body = String::new();
+    for (node, ex) in nodes.iter().zip(extras) {
+        let op = node.op_type.as_str();
+        // Operand `k` of this node's extras, broadcast to the output.
+        let operand = |k: usize, sh: &mut Shader| -> Result<String, KernelError> {
+            let j = *ex
+                .get(k)
+                .ok_or_else(|| malformed(sig, format!("{op} lacks operand {}", k + 1)))?;
+            let name = sh.input(j, gpu_dtype(sig.inputs[j].dtype));
+            let ix = broadcast_index(out, &sig.inputs[j].dims, "idx");
+            Ok(format!("f32({name}[{ix}])"))
+        };
+        let stmt = match op {
+            "Relu" => "v = max(v, 0.0);".to_string(),
+            "LeakyRelu" => format!(
+                "v = select({} * v, v, v >= 0.0);",
+                lit(attr_f(node, "alpha", 0.01))
+            ),
+            "Sigmoid" => "v = sigmoid(v);".into(),
+            "Tanh" => "v = tanh(v);".into(),
+            "HardSigmoid" => format!(
+                "v = clamp({} * v + {}, 0.0, 1.0);",
+                lit(attr_f(node, "alpha", 0.2)),
+                lit(attr_f(node, "beta", 0.5))
+            ),
+            "HardSwish" => "v = v * clamp(v / 6.0 + 0.5, 0.0, 1.0);".into(),
+            "Erf" => "v = erf_approx(v);".into(),
+            "Gelu" => "v = 0.5 * v * (1.0 + erf_approx(v * 0.70710678));".into(),
+            "Sqrt" => "v = sqrt(v);".into(),
+            "Exp" => "v = exp(v);".into(),
+            "Log" => "v = log(v);".into(),
+            "Neg" => "v = -v;".into(),
+            "Abs" => "v = abs(v);".into(),
+            "Reciprocal" => "v = 1.0 / v;".into(),
+            "Identity" | "Dropout" | "Cast" => String::new(),
+            "Clip" => {
+                let lo = if ex.is_empty() {
+                    lit(attr_f(node, "min", f32::NEG_INFINITY))
+                } else {
+                    let j = ex[0];
+                    format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
+                };
+                let hi = if ex.len() < 2 {
+                    lit(attr_f(node, "max", f32::INFINITY))
+                } else {
+                    let j = ex[1];
+                    format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
+                };
+                format!("v = min(max(v, f32({lo})), f32({hi}));")
+            }
+            "Add" => format!("v = v + {};", operand(0, sh)?),
+            "Sub" => format!("v = v - {};", operand(0, sh)?),
+            "Mul" => format!("v = v * {};", operand(0, sh)?),
+            "Div" => format!("v = v / {};", operand(0, sh)?),
+            // WGSL pow is undefined for negative bases; ONNX squares negatives fine.
+            "Pow" => format!(
+                "{{ let p = {}; let a = pow(abs(v), p); let odd = fract(p) == 0.0 && fract(p * 0.5) != 0.0; v = select(a, -a, v < 0.0 && odd); }}",
+                operand(0, sh)?
+            ),
+            "Max" => format!("v = max(v, {});", operand(0, sh)?),
+            "Min" => format!("v = min(v, {});", operand(0, sh)?),
+            "PRelu" => format!("v = select({} * v, v, v >= 0.0);", operand(0, sh)?),
+            "BatchNormalization" => {
+                if ex.len() != 4 {
+                    return Err(malformed(sig, "BatchNormalization needs 4 parameters"));
+                }
+                if out.len() < 2 {
+                    return Err(malformed(sig, "BatchNormalization on rank < 2"));
+                }
+                let inner: usize = out[2..].iter().product();
+                let names: Vec<String> = ex
+                    .iter()
+                    .map(|&j| sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
+                    .collect();
+                format!(
+                    "{{ let c = (idx / {inner}u) % {}u; v = (v - {m}[c]) * ({s}[c] * inverseSqrt({var}[c] + {eps})) + {b}[c]; }}",
+                    out[1],
+                    s = names[0],
+                    b = names[1],
+                    m = names[2],
+                    var = names[3],
+                    eps = lit(attr_f(node, "epsilon", 1e-5)),
+                )
+            }
+            other => return Err(unsupported(sig, format!("{other} in an epilogue"))),
+        };
+        let _ = writeln!(body, "    {stmt}");
+    }
+    let _ = write!(
+        sh.functions,
+        "fn epi(v0: f32, idx: u32) -> f32 {{\n    var v = v0;\n{body}    return v;\n}}\n"
+    );
+    Ok(())
+}
+
+/// A chain of element-wise ops with broadcasting: one thread per output element.
+pub fn plan_eltwise(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, KernelError> {
+    let out = &sig.outputs[0].dims;
+    let n: usize = out.iter().product();
+    let first = *wiring[0]
+        .first()
+        .ok_or_else(|| malformed(sig, "first op has no input"))?;
+    let mut sh = Shader::default();
+    let x = sh.input(first, gpu_dtype(sig.inputs[first].dtype));
+    let mut extras = wiring.to_vec();
+    extras[0] = wiring[0][1..].to_vec();
+    emit(sig, &sig.nodes, &extras, out, &mut sh)?;
+    let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
+    let (groups, gid) = grid_1d(n);
+    let ix = broadcast_index(out, &sig.inputs[first].dims, "idx");
+    let main = format!(
+        "@compute @workgroup_size(64)\nfn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{\n    let idx = {gid};\n    if (idx >= {n}u) {{ return; }}\n    {y}[idx] = epi(f32({x}[{ix}]), idx);\n}}\n"
+    );
+    let (src, slots) = sh.finish(&main);
+    Ok(Plan {
+        steps: vec![(src, slots, groups)],
+        aliases: vec![None; sig.outputs.len()],
+    })
+}

@@ -1,0 +1,422 @@
+//! Gemm / MatMul with a fused epilogue: batched (numpy batch broadcasting), transposed operands
+//! (Gemm `transA`/`transB`), `alpha`/`beta` and the bias `C`.
+//!
+//! Each invocation computes a `TM x TN` block of outputs held in registers; a workgroup of
+//! `WX x WY` invocations covers a `WY*TM x WX*TN` tile and each batch is one layer of the grid.
+//! When the row length allows it, operands are read as `vec4<f32>` and the inner product is
+//! unrolled four deep, which LLVM (lavapipe) and GPU compilers both turn into wide FMAs. Tile
+//! sizes depend on the shape (see [`Tiles::for_shape`]); edge tiles clamp their loads and guard
+//! their stores, so any size works.
+
+use std::fmt::Write;
+
+use moirai_shared::kernel::KernelSignature;
+
+use super::shader::{broadcast_index, lit, Shader};
+use super::{attr_f, attr_i, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan};
+use crate::gpu::buffers::GpuDType;
+use crate::gpu::context::GpuContext;
+
+/// Register and workgroup tiling of one matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    pub layout: Layout,
+    pub tm: usize,
+    pub tn: usize,
+    pub wx: usize,
+    pub wy: usize,
+}
+
+/// How outputs map to invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Each invocation owns a contiguous `TM x TN` block (vec4 loads of B): GPU style.
+    Blocked,
+    /// All invocations of a workgroup share the same `TM` rows; invocation `l` owns columns
+    /// `l, l + WX, l + 2 WX, ...`. A's loads are then uniform across the workgroup (one scalar
+    /// load broadcast to all SIMD lanes on CPU adapters such as lavapipe) and B's loads are
+    /// consecutive across lanes.
+    LaneColumns,
+}
+
+impl Tiles {
+    /// Tiles for an `m x k x n` product (times `batch`). Large products get 4x8 blocks per
+    /// invocation; thin ones (a single row, as in classifier heads) spread columns instead.
+    pub fn for_shape(batch: usize, m: usize, k: usize, n: usize, cpu_adapter: bool) -> Tiles {
+        if let Some(t) = std::env::var("MOIRAI_MATMUL_TILES")
+            .ok()
+            .and_then(|s| Tiles::parse(&s))
+        {
+            return t;
+        }
+        if cpu_adapter {
+            return Tiles::lane_columns(batch, m, k, n);
+        }
+        if m <= 2 {
+            return Tiles {
+                layout: Layout::Blocked,
+                tm: 1,
+                tn: 4,
+                wx: 64,
+                wy: 1,
+            };
+        }
+        let tm = if m >= 32 { 4 } else { 2 };
+        let tn = if n >= 64 { 8 } else { 4 };
+        let mut t = Tiles {
+            layout: Layout::Blocked,
+            tm,
+            tn,
+            wx: 8,
+            wy: 8,
+        };
+        // Keep at least a few workgroups per batch layer so every core gets work.
+        while batch * m.div_ceil(t.tm * t.wy) * n.div_ceil(t.tn * t.wx) < 8 && t.wy > 1 {
+            t.wy /= 2;
+            t.wx = (t.wx / 2).max(4);
+            if t.wx == 4 && t.wy == 1 {
+                break;
+            }
+        }
+        t
+    }
+
+    /// CPU adapters: rows shared per workgroup, columns across lanes.
+    fn lane_columns(batch: usize, m: usize, _k: usize, n: usize) -> Tiles {
+        let wx = if n >= 64 {
+            64
+        } else {
+            n.next_power_of_two().max(8)
+        };
+        let tn = if n >= 4 * wx {
+            4
+        } else if n >= 2 * wx {
+            2
+        } else {
+            1
+        };
+        let mut tm = if m >= 8 { 8 } else { m.max(1) };
+        // Enough workgroups for every core.
+        while tm > 1 && batch * m.div_ceil(tm) * n.div_ceil(tn * wx) < 16 {
+            tm /= 2;
+        }
+        Tiles {
+            layout: Layout::LaneColumns,
+            tm,
+            tn,
+            wx,
+            wy: 1,
+        }
+    }
+
+    /// "TMxTNxWXxWY" (blocked), e.g. "4x8x8x8", or "lTMxTNxWX" (lane columns).
+    pub fn parse(s: &str) -> Option<Tiles> {
+        if let Some(rest) = s.strip_prefix('l') {
+            let v: Vec<usize> = rest
+                .split('x')
+                .map(|p| p.trim().parse().ok())
+                .collect::<Option<_>>()?;
+            return match v[..] {
+                [tm, tn, wx] if tm > 0 && tn > 0 && wx > 0 && wx <= 256 => Some(Tiles {
+                    layout: Layout::LaneColumns,
+                    tm,
+                    tn,
+                    wx,
+                    wy: 1,
+                }),
+                _ => None,
+            };
+        }
+        let v: Vec<usize> = s
+            .split('x')
+            .map(|p| p.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        match v[..] {
+            [tm, tn, wx, wy] if tm > 0 && tn > 0 && wx > 0 && wy > 0 && wx * wy <= 256 => {
+                Some(Tiles {
+                    layout: Layout::Blocked,
+                    tm,
+                    tn,
+                    wx,
+                    wy,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+pub fn plan(
+    sig: &KernelSignature,
+    wiring: &[Vec<usize>],
+    ctx: &GpuContext,
+) -> Result<Plan, KernelError> {
+    let head = &sig.nodes[0];
+    let gemm = match head.op_type.as_str() {
+        "Gemm" => true,
+        "MatMul" => false,
+        other => return Err(unsupported(sig, format!("{other} as a matmul head"))),
+    };
+    let w = &wiring[0];
+    if w.len() < 2 {
+        return Err(malformed(sig, "matmul needs two operands"));
+    }
+    let (ia, ib) = (w[0], w[1]);
+    let (ta, tb) = if gemm {
+        (
+            attr_i(head, "transA", 0) != 0,
+            attr_i(head, "transB", 0) != 0,
+        )
+    } else {
+        (false, false)
+    };
+    let a = &sig.inputs[ia].dims;
+    let b = &sig.inputs[ib].dims;
+    let out = &sig.outputs[0].dims;
+    if a.is_empty() || b.is_empty() || out.is_empty() {
+        return Err(unsupported(sig, "matmul on scalars"));
+    }
+    // 1-D operands: numpy promotes them to a row (A) or a column (B).
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.clone()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.clone()
+    };
+    let (m, k) = if ta {
+        (a2[a2.len() - 1], a2[a2.len() - 2])
+    } else {
+        (a2[a2.len() - 2], a2[a2.len() - 1])
+    };
+    let (kb, n) = if tb {
+        (b2[b2.len() - 1], b2[b2.len() - 2])
+    } else {
+        (b2[b2.len() - 2], b2[b2.len() - 1])
+    };
+    if k != kb {
+        return Err(malformed(sig, format!("inner sizes differ: {k} vs {kb}")));
+    }
+    let a_batch = &a2[..a2.len() - 2];
+    let b_batch = &b2[..b2.len() - 2];
+    let batch_rank = a_batch.len().max(b_batch.len());
+    let mut out_batch = vec![1usize; batch_rank];
+    for (i, ob) in out_batch.iter_mut().enumerate() {
+        let pick = |v: &[usize]| {
+            let off = batch_rank - v.len();
+            if i >= off {
+                v[i - off]
+            } else {
+                1
+            }
+        };
+        *ob = pick(a_batch).max(pick(b_batch));
+    }
+    let batch: usize = out_batch.iter().product();
+    if batch * m * n != sig.outputs[0].elements() {
+        return Err(malformed(
+            sig,
+            format!("output {:?} is not {batch}x{m}x{n}", out),
+        ));
+    }
+    if batch > ctx.limits.max_compute_workgroups_per_dimension as usize {
+        return Err(unsupported(sig, format!("batch of {batch}")));
+    }
+
+    let t = Tiles::for_shape(batch, m, k, n, ctx.is_software());
+    let lanes = t.layout == Layout::LaneColumns;
+    let mut sh = Shader::default();
+    // vec4 paths: rows of B (or A) contiguous and a multiple of 4 long.
+    let vb = !lanes && !tb && n % 4 == 0 && t.tn % 4 == 0;
+    let va = !ta && k % 4 == 0;
+    let an = sh.input(ia, GpuDType::F32);
+    let bn = sh.input(ib, GpuDType::F32);
+    // Re-declare A/B with vec4 element type when vectorised: same buffer, wider loads.
+    let mut decl_fix: Vec<(String, String)> = Vec::new();
+    if va {
+        decl_fix.push((
+            format!("var<storage, read> {an}: array<f32>;"),
+            format!("var<storage, read> {an}: array<vec4<f32>>;"),
+        ));
+    }
+    if vb {
+        decl_fix.push((
+            format!("var<storage, read> {bn}: array<f32>;"),
+            format!("var<storage, read> {bn}: array<vec4<f32>>;"),
+        ));
+    }
+
+    // Gemm's C (bias) with alpha and beta, then the epilogue.
+    let alpha = if gemm {
+        attr_f(head, "alpha", 1.0)
+    } else {
+        1.0
+    };
+    let beta = if gemm { attr_f(head, "beta", 1.0) } else { 1.0 };
+    let bias = if gemm && w.len() > 2 {
+        let ic = w[2];
+        let cn = sh.input(ic, gpu_dtype(sig.inputs[ic].dtype));
+        let ix = broadcast_index(&[m, n], &sig.inputs[ic].dims, "(idx % MN)");
+        format!(" + {} * {cn}[{ix}]", lit(beta))
+    } else {
+        String::new()
+    };
+    let scale = if alpha == 1.0 {
+        String::new()
+    } else {
+        format!("{} * ", lit(alpha))
+    };
+    epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
+    let y = sh.output(0, GpuDType::F32);
+
+    let mut src = String::new();
+    let (tm, tn, wx, wy) = (t.tm, t.tn, t.wx, t.wy);
+    let _ = writeln!(
+        src,
+        "const M: u32 = {m}u;\nconst N: u32 = {n}u;\nconst K: u32 = {k}u;\nconst MN: u32 = {}u;",
+        m * n
+    );
+    let _ = writeln!(
+        src,
+        "@compute @workgroup_size({wx}, {wy}, 1)\nfn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{"
+    );
+    let _ = writeln!(src, "    let bz = wid.z;");
+    // Batch offsets in elements.
+    let a_off = broadcast_index(&out_batch, a_batch, "bz");
+    let b_off = broadcast_index(&out_batch, b_batch, "bz");
+    let _ = writeln!(src, "    let a_off = ({a_off}) * {};", m * k);
+    let _ = writeln!(src, "    let b_off = ({b_off}) * {};", k * n);
+    if lanes {
+        let _ = writeln!(src, "    let row0 = wid.y * {tm}u;");
+        let _ = writeln!(src, "    let col0 = wid.x * {}u + lid.x;", wx * tn);
+    } else {
+        let _ = writeln!(src, "    let row0 = (wid.y * {wy}u + lid.y) * {tm}u;");
+        let _ = writeln!(src, "    let col0 = (wid.x * {wx}u + lid.x) * {tn}u;");
+    }
+    // Column of register j.
+    let cstep = if lanes { wx } else { 1 };
+    for i in 0..tm {
+        let _ = writeln!(src, "    let r{i} = min(row0 + {i}u, M - 1u);");
+    }
+    let nv = tn / 4;
+    if vb {
+        for j in 0..nv {
+            let _ = writeln!(src, "    let q{j} = min(col0 / 4u + {j}u, N / 4u - 1u);");
+        }
+        for i in 0..tm {
+            for j in 0..nv {
+                let _ = writeln!(src, "    var c{i}_{j} = vec4<f32>(0.0);");
+            }
+        }
+    } else {
+        for j in 0..tn {
+            let _ = writeln!(src, "    let q{j} = min(col0 + {}u, N - 1u);", j * cstep);
+        }
+        for i in 0..tm {
+            for j in 0..tn {
+                let _ = writeln!(src, "    var c{i}_{j} = 0.0;");
+            }
+        }
+    }
+    // A element (row i, k index expr) as scalar.
+    let a_scalar = |i: usize, kk: &str| -> String {
+        if ta {
+            format!("{an}[a_off + ({kk}) * M + r{i}]")
+        } else {
+            format!("{an}[a_off + r{i} * K + {kk}]")
+        }
+    };
+    let b_scalar = |kk: &str, j: usize| -> String {
+        if tb {
+            format!("{bn}[b_off + q{j} * K + {kk}]")
+        } else {
+            format!("{bn}[b_off + ({kk}) * N + q{j}]")
+        }
+    };
+    let step = if va { 4 } else { 1 };
+    let _ = writeln!(src, "    for (var k = 0u; k < K; k += {step}u) {{");
+    if va {
+        for i in 0..tm {
+            let _ = writeln!(src, "        let a{i} = {an}[(a_off + r{i} * K + k) / 4u];");
+        }
+    }
+    for kk in 0..step {
+        let kexpr = if step == 1 {
+            "k".to_string()
+        } else {
+            format!("k + {kk}u")
+        };
+        let av = |i: usize| -> String {
+            if va {
+                format!("a{i}[{kk}]")
+            } else {
+                a_scalar(i, &kexpr)
+            }
+        };
+        if vb {
+            for j in 0..nv {
+                let _ = writeln!(
+                    src,
+                    "        let b{kk}_{j} = {bn}[(b_off + ({kexpr}) * N) / 4u + q{j}];"
+                );
+            }
+            for i in 0..tm {
+                let _ = writeln!(src, "        let s{kk}_{i} = {};", av(i));
+                for j in 0..nv {
+                    let _ = writeln!(
+                        src,
+                        "        c{i}_{j} = fma(vec4<f32>(s{kk}_{i}), b{kk}_{j}, c{i}_{j});"
+                    );
+                }
+            }
+        } else {
+            for j in 0..tn {
+                let _ = writeln!(src, "        let b{kk}_{j} = {};", b_scalar(&kexpr, j));
+            }
+            for i in 0..tm {
+                let _ = writeln!(src, "        let s{kk}_{i} = {};", av(i));
+                for j in 0..tn {
+                    let _ = writeln!(
+                        src,
+                        "        c{i}_{j} = fma(s{kk}_{i}, b{kk}_{j}, c{i}_{j});"
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(src, "    }}");
+    // Stores, guarded at the edges.
+    let _ = writeln!(src, "    let base = bz * MN;");
+    for i in 0..tm {
+        for j in 0..tn {
+            let val = if vb {
+                format!("c{i}_{}[{}]", j / 4, j % 4)
+            } else {
+                format!("c{i}_{j}")
+            };
+            let _ = writeln!(
+                src,
+                "    if (row0 + {i}u < M && col0 + {cj}u < N) {{ let idx = base + (row0 + {i}u) * N + col0 + {cj}u; {y}[idx] = epi({scale}{val}{bias}, idx); }}",
+                cj = j * cstep
+            );
+        }
+    }
+    let _ = writeln!(src, "}}");
+
+    let (mut wgsl, slots) = sh.finish(&src);
+    for (from, to) in decl_fix {
+        wgsl = wgsl.replace(&from, &to);
+    }
+    let groups = [
+        n.div_ceil(tn * wx) as u32,
+        m.div_ceil(tm * wy) as u32,
+        batch as u32,
+    ];
+    Ok(Plan {
+        steps: vec![(wgsl, slots, groups)],
+        aliases: vec![None],
+    })
+}

@@ -1,0 +1,351 @@
+//! Every kernel class against tract at several shapes, odd ones (not multiples of any tile)
+//! included.
+
+use moirai_shared::kernel::{AttrValue as A, DType, KernelClass as C, TensorShape};
+
+use super::testutil::{check, f32s, node, sig};
+use super::wire;
+
+#[test]
+fn wiring_gives_optional_inputs_to_the_first_node() {
+    let s = sig(
+        C::Conv,
+        vec![
+            node("Conv", &[]),
+            node("BatchNormalization", &[]),
+            node("Relu", &[]),
+            node("Add", &[]),
+        ],
+        f32s(&[
+            &[1, 3, 8, 8],
+            &[4, 3, 3, 3],
+            &[4],
+            &[4],
+            &[4],
+            &[4],
+            &[4],
+            &[1, 4, 6, 6],
+        ]),
+        f32s(&[&[1, 4, 6, 6]]),
+    );
+    let w = wire(&s).unwrap();
+    assert_eq!(w, vec![vec![0, 1, 2], vec![3, 4, 5, 6], vec![], vec![7]]);
+}
+
+#[test]
+fn wiring_rejects_too_few_inputs() {
+    let s = sig(
+        C::MatMul,
+        vec![node("MatMul", &[])],
+        f32s(&[&[2, 2]]),
+        f32s(&[&[2, 2]]),
+    );
+    assert!(wire(&s).is_err());
+}
+
+#[test]
+fn matmul_matches_tract_at_tile_and_odd_sizes() {
+    for (m, k, n) in [
+        (64, 64, 64),
+        (1, 37, 13),
+        (33, 17, 29),
+        (7, 8, 12),
+        (70, 36, 100),
+    ] {
+        check(&sig(
+            C::MatMul,
+            vec![node("MatMul", &[])],
+            f32s(&[&[m, k], &[k, n]]),
+            f32s(&[&[m, n]]),
+        ));
+    }
+}
+
+#[test]
+fn batched_matmul_broadcasts_the_weight_and_fuses_bias_and_gelu() {
+    check(&sig(
+        C::MatMul,
+        vec![node("MatMul", &[]), node("Add", &[]), node("Gelu", &[])],
+        f32s(&[&[2, 3, 9, 20], &[20, 12], &[12]]),
+        f32s(&[&[2, 3, 9, 12]]),
+    ));
+    check(&sig(
+        C::MatMul,
+        vec![node("MatMul", &[]), node("Div", &[])],
+        f32s(&[&[2, 5, 8], &[2, 8, 5], &[1]]),
+        f32s(&[&[2, 5, 5]]),
+    ));
+}
+
+#[test]
+fn gemm_with_transposes_alpha_beta_and_relu() {
+    for (ta, tb) in [(0, 1), (1, 0), (1, 1), (0, 0)] {
+        let (m, k, n) = (5, 12, 9);
+        let a = if ta == 1 { [k, m] } else { [m, k] };
+        let b = if tb == 1 { [n, k] } else { [k, n] };
+        check(&sig(
+            C::MatMul,
+            vec![
+                node(
+                    "Gemm",
+                    &[
+                        ("transA", A::Int(ta)),
+                        ("transB", A::Int(tb)),
+                        ("alpha", A::Float(0.5)),
+                        ("beta", A::Float(2.0)),
+                    ],
+                ),
+                node("Relu", &[]),
+            ],
+            f32s(&[&a, &b, &[n]]),
+            f32s(&[&[m, n]]),
+        ));
+    }
+}
+
+fn conv_sig(
+    x: [usize; 4],
+    oc: usize,
+    k: [usize; 2],
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    group: usize,
+    tail: &[&str],
+) -> moirai_shared::kernel::KernelSignature {
+    let oh = (x[2] + 2 * pad - dil * (k[0] - 1) - 1) / stride + 1;
+    let ow = (x[3] + 2 * pad - dil * (k[1] - 1) - 1) / stride + 1;
+    let mut nodes = vec![node(
+        "Conv",
+        &[
+            ("strides", A::Ints(vec![stride as i64; 2])),
+            ("pads", A::Ints(vec![pad as i64; 4])),
+            ("dilations", A::Ints(vec![dil as i64; 2])),
+            ("group", A::Int(group as i64)),
+            ("kernel_shape", A::Ints(vec![k[0] as i64, k[1] as i64])),
+        ],
+    )];
+    let out = [x[0], oc, oh, ow];
+    let mut ins = f32s(&[&x, &[oc, x[1] / group, k[0], k[1]], &[oc]]);
+    for t in tail {
+        match *t {
+            "BatchNormalization" => {
+                nodes.push(node(t, &[("epsilon", A::Float(1e-3))]));
+                ins.extend(f32s(&[&[oc], &[oc], &[oc], &[oc]]));
+            }
+            "Add" => {
+                nodes.push(node(t, &[]));
+                ins.extend(f32s(&[&out]));
+            }
+            "Clip" => {
+                nodes.push(node(t, &[]));
+                ins.extend(f32s(&[&[], &[]]));
+            }
+            _ => nodes.push(node(t, &[])),
+        }
+    }
+    sig(C::Conv, nodes, ins, f32s(&[&out]))
+}
+
+#[test]
+fn conv_with_stride_padding_and_fused_batchnorm_relu_residual() {
+    check(&conv_sig(
+        [1, 3, 11, 9],
+        10,
+        [3, 3],
+        2,
+        1,
+        1,
+        1,
+        &["BatchNormalization", "Relu"],
+    ));
+    check(&conv_sig(
+        [2, 8, 7, 7],
+        16,
+        [1, 1],
+        1,
+        0,
+        1,
+        1,
+        &["Relu", "Add"],
+    ));
+    check(&conv_sig([1, 4, 9, 10], 5, [3, 2], 1, 2, 2, 1, &[]));
+}
+
+#[test]
+fn grouped_and_depthwise_conv_with_relu6() {
+    check(&conv_sig([1, 6, 8, 8], 6, [3, 3], 1, 1, 1, 6, &["Clip"]));
+    check(&conv_sig([1, 6, 9, 9], 12, [3, 3], 2, 1, 1, 3, &["Relu"]));
+}
+
+#[test]
+fn pooling_matches_tract() {
+    let x = [1, 3, 9, 11];
+    check(&sig(
+        C::Pool,
+        vec![node(
+            "MaxPool",
+            &[
+                ("kernel_shape", A::Ints(vec![3, 3])),
+                ("strides", A::Ints(vec![2, 2])),
+                ("pads", A::Ints(vec![1, 1, 1, 1])),
+            ],
+        )],
+        f32s(&[&x]),
+        f32s(&[&[1, 3, 5, 6]]),
+    ));
+    check(&sig(
+        C::Pool,
+        vec![node(
+            "AveragePool",
+            &[
+                ("kernel_shape", A::Ints(vec![2, 2])),
+                ("strides", A::Ints(vec![2, 2])),
+            ],
+        )],
+        f32s(&[&x]),
+        f32s(&[&[1, 3, 4, 5]]),
+    ));
+    check(&sig(
+        C::Pool,
+        vec![node("GlobalAveragePool", &[])],
+        f32s(&[&x]),
+        f32s(&[&[1, 3, 1, 1]]),
+    ));
+}
+
+#[test]
+fn eltwise_chain_broadcasts_each_operand() {
+    check(&sig(
+        C::Eltwise,
+        vec![
+            node("Add", &[]),
+            node("Mul", &[]),
+            node("Sigmoid", &[]),
+            node("Sub", &[]),
+        ],
+        f32s(&[&[2, 3, 5], &[5], &[2, 1, 5], &[3, 1]]),
+        f32s(&[&[2, 3, 5]]),
+    ));
+    check(&sig(
+        C::Eltwise,
+        vec![node("Mul", &[]), node("Tanh", &[])],
+        f32s(&[&[1, 4], &[3, 1]]),
+        f32s(&[&[3, 4]]),
+    ));
+    let mut pow = sig(
+        C::Eltwise,
+        vec![node("Sub", &[]), node("Pow", &[]), node("Sqrt", &[])],
+        f32s(&[&[4, 7], &[4, 1], &[]]),
+        f32s(&[&[4, 7]]),
+    );
+    pow.nodes.push(node("Erf", &[]));
+    check(&pow);
+}
+
+#[test]
+fn softmax_over_last_and_middle_axes() {
+    check(&sig(
+        C::Softmax,
+        vec![node("Softmax", &[("axis", A::Int(-1))])],
+        f32s(&[&[2, 3, 77]]),
+        f32s(&[&[2, 3, 77]]),
+    ));
+    check(&sig(
+        C::Softmax,
+        vec![node("Softmax", &[("axis", A::Int(1))])],
+        f32s(&[&[2, 5, 3]]),
+        f32s(&[&[2, 5, 3]]),
+    ));
+}
+
+#[test]
+fn layernorm_with_scale_and_bias() {
+    check(&sig(
+        C::LayerNorm,
+        vec![node(
+            "LayerNormalization",
+            &[("axis", A::Int(-1)), ("epsilon", A::Float(1e-12))],
+        )],
+        f32s(&[&[1, 5, 70], &[70], &[70]]),
+        f32s(&[&[1, 5, 70]]),
+    ));
+}
+
+#[test]
+fn copies_transpose_concat_split_and_view() {
+    check(&sig(
+        C::Copy,
+        vec![node("Transpose", &[("perm", A::Ints(vec![0, 2, 1, 3]))])],
+        f32s(&[&[1, 5, 3, 7]]),
+        f32s(&[&[1, 3, 5, 7]]),
+    ));
+    check(&sig(
+        C::Copy,
+        vec![node("Concat", &[("axis", A::Int(1))])],
+        f32s(&[&[2, 3, 4], &[2, 5, 4]]),
+        f32s(&[&[2, 8, 4]]),
+    ));
+    check(&sig(
+        C::Copy,
+        vec![node("Split", &[("axis", A::Int(2))])],
+        vec![
+            TensorShape {
+                dims: vec![2, 3, 9],
+                dtype: DType::F32,
+            },
+            TensorShape {
+                dims: vec![2],
+                dtype: DType::I64,
+            },
+        ],
+        f32s(&[&[2, 3, 4], &[2, 3, 5]]),
+    ));
+    check(&sig(
+        C::Copy,
+        vec![
+            node("Reshape", &[]),
+            node("Transpose", &[("perm", A::Ints(vec![0, 2, 1, 3]))]),
+        ],
+        vec![
+            TensorShape {
+                dims: vec![1, 6, 12],
+                dtype: DType::F32,
+            },
+            TensorShape {
+                dims: vec![4],
+                dtype: DType::I64,
+            },
+        ],
+        f32s(&[&[1, 3, 6, 4]]),
+    ));
+    check(&sig(
+        C::Copy,
+        vec![node("Flatten", &[("axis", A::Int(1))])],
+        f32s(&[&[2, 3, 1, 1]]),
+        f32s(&[&[2, 3]]),
+    ));
+}
+
+#[test]
+fn gather_embedding_with_position_add() {
+    check(&sig(
+        C::Gather,
+        vec![node("Gather", &[("axis", A::Int(0))]), node("Add", &[])],
+        vec![
+            TensorShape {
+                dims: vec![50, 12],
+                dtype: DType::F32,
+            },
+            TensorShape {
+                dims: vec![1, 9],
+                dtype: DType::I64,
+            },
+            TensorShape {
+                dims: vec![1, 9, 12],
+                dtype: DType::F32,
+            },
+        ],
+        f32s(&[&[1, 9, 12]]),
+    ));
+}

@@ -1,0 +1,24 @@
+//! `moirai-agent`: what runs on each board.
+//!
+//! - [`gpu`]: the wgpu context ([`gpu::GpuContext`]: adapter choice, limits, timestamp support)
+//!   and device buffers ([`gpu::GpuTensor`], [`gpu::BufferPool`]).
+//! - [`kernels`]: one WGSL kernel family per [`moirai_shared::kernel::KernelClass`], built from a
+//!   [`moirai_shared::kernel::KernelSignature`] and specialised to its shapes
+//!   ([`kernels::GpuKernel`]).
+//! - [`exec`]: the CPU executor (tract) for boards without an adapter and the reference the
+//!   kernel tests compare against ([`exec::cpu::CpuKernel`]).
+//! - [`config`]: who the agent is (name, board file, broker) and whether it emulates a board.
+//! - [`link`]: the MQTT loop (rumqttc, reconnects), the pure birth/death/`bd_seq` lifecycle
+//!   and link probes.
+//! - [`profile`]: the profiler (timestamp queries or wall clock, medians and spread), the
+//!   fusion test, and the on-disk profile store.
+//! - [`selftest`]: `--self-test`: adapter probe, one kernel on the CPU executor (and the GPU),
+//!   protocol round trip.
+
+pub mod config;
+pub mod exec;
+pub mod gpu;
+pub mod kernels;
+pub mod link;
+pub mod profile;
+pub mod selftest;
