@@ -1,1 +1,4 @@
+//! Workspace integration tests, one module per area.
 
+mod boards;
+mod import;

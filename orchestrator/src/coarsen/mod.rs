@@ -1,0 +1,742 @@
+//! Fusion-aware coarsening: merge the ONNX nodes the inference backend fuses at run time, so
+//! the placer never cuts inside a fused kernel.
+//!
+//! Pipeline: shape-only subgraphs (anything computable from constants and static shapes) are
+//! folded first: they run once at load time, inside each kernel that reads them. The other
+//! nodes start as one group each; the backend's [`rules::RuleSet`] is applied rule by rule,
+//! each to a fixed point, until nothing merges. Every merge goes through
+//! [`merge::GroupGraph::try_merge`], which refuses any that would create a cycle.
+//!
+//! The result, a [`CoarseGraph`], keeps everything a later stage needs to execute a group on
+//! its own: which ONNX nodes it runs, which constant nodes it folds, the tensors entering and
+//! leaving it, the initializers it needs, and its [`KernelSignature`] (what agents profile).
+
+pub mod merge;
+pub mod rules;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use moirai_shared::device::Backend;
+use moirai_shared::kernel::{FusedNode, KernelSignature, TensorShape};
+use tracing::{debug, instrument};
+
+use crate::import::onnx::{self, ImportError, ImportOptions, OnnxModel, TensorOrigin};
+use merge::GroupGraph;
+use rules::{classify, Condition, FusionRule, RuleSet, SHAPE_SOURCES, VIEW};
+
+/// One fused kernel: a group of ONNX nodes executed as a unit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedGroup {
+    /// Unique id: the name of its first node that is not a view.
+    pub name: String,
+    /// Its nodes (indices into [`OnnxModel::nodes`]), in execution order.
+    pub nodes: Vec<usize>,
+    /// Shape-only nodes it folds in (computed at load time), in execution order. A folded
+    /// node may serve several groups.
+    pub folded: Vec<usize>,
+    /// Activations entering: outputs of other groups, or graph inputs.
+    pub inputs: Vec<String>,
+    /// Constants entering: initializers and outputs of folded nodes.
+    pub params: Vec<String>,
+    /// Every initializer it needs, directly or through folded nodes.
+    pub initializers: Vec<String>,
+    /// Tensors leaving: read by other groups, or graph outputs.
+    pub outputs: Vec<String>,
+    pub signature: KernelSignature,
+    /// Bytes of `params`.
+    pub param_bytes: u64,
+    /// Bytes of `outputs`.
+    pub output_bytes: u64,
+}
+
+/// A tensor going from one group to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupEdge {
+    /// Index into [`CoarseGraph::groups`].
+    pub src: usize,
+    pub dst: usize,
+    pub tensor: String,
+    pub bytes: u64,
+}
+
+/// A coarsened model: fused groups in a topological order and the tensors between them.
+#[derive(Clone, Debug)]
+pub struct CoarseGraph {
+    pub model: String,
+    pub backend: Backend,
+    /// ONNX nodes in the model.
+    pub nodes_before: usize,
+    /// Nodes folded as shape-only work.
+    pub folded_nodes: usize,
+    pub groups: Vec<FusedGroup>,
+    pub edges: Vec<GroupEdge>,
+}
+
+impl CoarseGraph {
+    /// Distinct kernel signatures (by key), each with how many groups share it, in first-use
+    /// order: what a board needs profiled.
+    pub fn distinct_signatures(&self) -> Vec<(&KernelSignature, usize)> {
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut out: Vec<(&KernelSignature, usize)> = Vec::new();
+        for g in &self.groups {
+            let key = g.signature.key();
+            match index.get(&key) {
+                Some(&i) => out[i].1 += 1,
+                None => {
+                    index.insert(key, out.len());
+                    out.push((&g.signature, 1));
+                }
+            }
+        }
+        out
+    }
+
+    /// Groups after coarsening over nodes before.
+    pub fn ratio(&self) -> f64 {
+        self.groups.len() as f64 / self.nodes_before.max(1) as f64
+    }
+}
+
+/// Imports `path` and coarsens it with `backend`'s rules: the fused groups and their
+/// kernel signatures, which agents profile and execute.
+pub fn coarsen_file(
+    path: &Path,
+    backend: Backend,
+    opts: &ImportOptions,
+) -> Result<(OnnxModel, CoarseGraph), ImportError> {
+    let model = onnx::load(path, opts)?;
+    let coarse = coarsen(&model, &RuleSet::for_backend(backend));
+    Ok((model, coarse))
+}
+
+/// Which nodes are shape-only: computable from constants and static shapes.
+fn static_nodes(model: &OnnxModel, fold: bool) -> Vec<bool> {
+    let mut is_static = vec![false; model.nodes.len()];
+    if !fold {
+        return is_static;
+    }
+    let graph_outputs: HashSet<&str> = model.outputs.iter().map(String::as_str).collect();
+    let mut static_tensor: HashSet<&str> = model
+        .tensors
+        .iter()
+        .filter(|(_, t)| matches!(t.origin, TensorOrigin::Initializer(_)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for (i, n) in model.nodes.iter().enumerate() {
+        let mut inputs = n.inputs.iter().filter(|t| !t.is_empty()).peekable();
+        let from_constants =
+            inputs.peek().is_some() && inputs.all(|t| static_tensor.contains(t.as_str()));
+        let makes_output = n.outputs.iter().any(|o| graph_outputs.contains(o.as_str()));
+        if !makes_output && (SHAPE_SOURCES.contains(&n.op_type.as_str()) || from_constants) {
+            is_static[i] = true;
+            static_tensor.extend(
+                n.outputs
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .map(String::as_str),
+            );
+        }
+    }
+    is_static
+}
+
+/// Coarsens an imported model with a rule set.
+#[instrument(skip_all, fields(model = %model.name, backend = %rules.backend))]
+pub fn coarsen(model: &OnnxModel, rules: &RuleSet) -> CoarseGraph {
+    let is_static = static_nodes(model, rules.fold_static);
+    let compute: Vec<usize> = (0..model.nodes.len()).filter(|&i| !is_static[i]).collect();
+    let mut cidx = vec![usize::MAX; model.nodes.len()];
+    for (c, &n) in compute.iter().enumerate() {
+        cidx[n] = c;
+    }
+    let mut edges = Vec::new();
+    for (c, &n) in compute.iter().enumerate() {
+        for t in model.nodes[n].inputs.iter().filter(|t| !t.is_empty()) {
+            if let Some(p) = model.producer(t) {
+                if !is_static[p] {
+                    edges.push((cidx[p], c));
+                }
+            }
+        }
+    }
+    let graph_outputs: HashSet<&str> = model.outputs.iter().map(String::as_str).collect();
+    let makes_output: Vec<bool> = compute
+        .iter()
+        .map(|&n| {
+            model.nodes[n]
+                .outputs
+                .iter()
+                .any(|o| graph_outputs.contains(o.as_str()))
+        })
+        .collect();
+
+    let mut gg = GroupGraph::new(compute.len(), edges);
+    let ctx = Ctx {
+        model,
+        compute: &compute,
+        makes_output: &makes_output,
+    };
+    loop {
+        let mut changed = false;
+        for rule in &rules.rules {
+            while apply_once(&mut gg, &ctx, rule) {
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let coarse = build(model, rules.backend, &is_static, &compute, &gg);
+    debug!(
+        before = coarse.nodes_before,
+        after = coarse.groups.len(),
+        "coarsened"
+    );
+    coarse
+}
+
+struct Ctx<'a> {
+    model: &'a OnnxModel,
+    compute: &'a [usize],
+    makes_output: &'a [bool],
+}
+
+impl Ctx<'_> {
+    fn ops<'m>(&'m self, gg: &GroupGraph, g: usize) -> Vec<&'m str> {
+        gg.members(g)
+            .iter()
+            .map(|&c| self.model.nodes[self.compute[c]].op_type.as_str())
+            .collect()
+    }
+
+    fn matches(&self, gg: &GroupGraph, rule: &FusionRule, p: usize, c: usize) -> bool {
+        let (pops, cops) = (self.ops(gg, p), self.ops(gg, c));
+        if !rule.producer.matches(classify(&pops), &pops)
+            || !rule.consumer.matches(classify(&cops), &cops)
+        {
+            return false;
+        }
+        match rule.condition {
+            Condition::Acyclic => true,
+            Condition::SoleConsumer => {
+                gg.succ(p).len() == 1
+                    && gg.succ(p).contains(&c)
+                    && !gg.members(p).iter().any(|&m| self.makes_output[m])
+            }
+        }
+    }
+}
+
+/// One sweep of `rule` over every producer -> consumer edge; whether anything merged.
+fn apply_once(gg: &mut GroupGraph, ctx: &Ctx, rule: &FusionRule) -> bool {
+    let mut merged = false;
+    for p in gg.topo_order() {
+        let consumers: Vec<usize> = gg.succ(p).iter().copied().collect();
+        for c in consumers {
+            if gg.is_alive(p)
+                && gg.is_alive(c)
+                && gg.succ(p).contains(&c)
+                && ctx.matches(gg, rule, p, c)
+                && gg.try_merge(p, c)
+            {
+                merged = true;
+            }
+        }
+    }
+    merged
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|x| x == s) {
+        v.push(s.to_string());
+    }
+}
+
+fn build(
+    model: &OnnxModel,
+    backend: Backend,
+    is_static: &[bool],
+    compute: &[usize],
+    gg: &GroupGraph,
+) -> CoarseGraph {
+    let order = gg.topo_order();
+    let consumers = model.consumers();
+    let graph_outputs: HashSet<&str> = model.outputs.iter().map(String::as_str).collect();
+    let mut group_of_node = vec![usize::MAX; model.nodes.len()];
+    for (gi, &g) in order.iter().enumerate() {
+        for &c in gg.members(g) {
+            group_of_node[compute[c]] = gi;
+        }
+    }
+    let shape = |t: &str| -> TensorShape {
+        model.shape(t).cloned().unwrap_or(TensorShape {
+            dims: vec![],
+            dtype: moirai_shared::kernel::DType::F32,
+        })
+    };
+    let bytes = |t: &str| model.shape(t).map(|s| s.bytes() as u64).unwrap_or(0);
+    let is_const = |t: &str| match model.tensors.get(t).map(|i| &i.origin) {
+        Some(TensorOrigin::Initializer(_)) => true,
+        Some(TensorOrigin::Node(p)) => is_static[*p],
+        _ => false,
+    };
+
+    let mut groups = Vec::with_capacity(order.len());
+    for (gi, &g) in order.iter().enumerate() {
+        let mut nodes: Vec<usize> = gg.members(g).iter().map(|&c| compute[c]).collect();
+        nodes.sort_unstable();
+        let (mut inputs, mut params, mut boundary, mut outputs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &n in &nodes {
+            for t in model.nodes[n].inputs.iter().filter(|t| !t.is_empty()) {
+                let internal = model.producer(t).is_some_and(|p| group_of_node[p] == gi);
+                if internal {
+                    continue;
+                }
+                push_unique(&mut boundary, t);
+                if is_const(t) {
+                    push_unique(&mut params, t);
+                } else {
+                    push_unique(&mut inputs, t);
+                }
+            }
+            for t in model.nodes[n].outputs.iter().filter(|t| !t.is_empty()) {
+                let read_outside = consumers
+                    .get(t.as_str())
+                    .is_some_and(|cs| cs.iter().any(|&c| !is_static[c] && group_of_node[c] != gi));
+                if read_outside || graph_outputs.contains(t.as_str()) {
+                    push_unique(&mut outputs, t);
+                }
+            }
+        }
+        // Folded shape-only nodes: every static producer behind the params.
+        let mut folded = Vec::new();
+        let mut initializers = Vec::new();
+        let mut stack: Vec<&str> = params.iter().map(String::as_str).collect();
+        let mut seen: HashSet<&str> = HashSet::new();
+        while let Some(t) = stack.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            match model.tensors.get(t).map(|i| &i.origin) {
+                Some(TensorOrigin::Initializer(_)) => initializers.push(t.to_string()),
+                Some(TensorOrigin::Node(p)) if is_static[*p] => {
+                    if !folded.contains(p) {
+                        folded.push(*p);
+                    }
+                    stack.extend(
+                        model.nodes[*p]
+                            .inputs
+                            .iter()
+                            .filter(|i| !i.is_empty())
+                            .map(String::as_str),
+                    );
+                }
+                _ => {}
+            }
+        }
+        folded.sort_unstable();
+        initializers.sort();
+        let ops: Vec<&str> = nodes
+            .iter()
+            .map(|&n| model.nodes[n].op_type.as_str())
+            .collect();
+        let signature = KernelSignature {
+            class: classify(&ops),
+            nodes: nodes
+                .iter()
+                .map(|&n| FusedNode {
+                    op_type: model.nodes[n].op_type.clone(),
+                    attrs: model.nodes[n].attrs.clone(),
+                })
+                .collect(),
+            inputs: boundary.iter().map(|t| shape(t)).collect(),
+            outputs: outputs.iter().map(|t| shape(t)).collect(),
+            flops: nodes.iter().map(|&n| model.nodes[n].flops).sum(),
+            bytes: boundary.iter().chain(&outputs).map(|t| bytes(t)).sum(),
+        };
+        let anchor = nodes
+            .iter()
+            .find(|&&n| !VIEW.contains(&model.nodes[n].op_type.as_str()))
+            .or(nodes.first())
+            .copied()
+            .unwrap_or(0);
+        groups.push(FusedGroup {
+            name: model.nodes[anchor].name.clone(),
+            param_bytes: params.iter().map(|t| bytes(t)).sum(),
+            output_bytes: outputs.iter().map(|t| bytes(t)).sum(),
+            nodes,
+            folded,
+            inputs,
+            params,
+            initializers,
+            outputs,
+            signature,
+        });
+    }
+
+    let mut edges = Vec::new();
+    for (dst, g) in groups.iter().enumerate() {
+        for t in &g.inputs {
+            if let Some(p) = model.producer(t) {
+                let src = group_of_node[p];
+                if src != usize::MAX && src != dst {
+                    edges.push(GroupEdge {
+                        src,
+                        dst,
+                        tensor: t.clone(),
+                        bytes: bytes(t),
+                    });
+                }
+            }
+        }
+    }
+    CoarseGraph {
+        model: model.name.clone(),
+        backend,
+        nodes_before: model.nodes.len(),
+        folded_nodes: is_static.iter().filter(|s| **s).count(),
+        groups,
+        edges,
+    }
+}
+
+/// Per-pattern counts of a coarse graph, for reports: `pattern -> groups`.
+pub fn pattern_counts(coarse: &CoarseGraph) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for g in &coarse.groups {
+        *m.entry(g.signature.pattern()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::onnx::build::ModelBuilder;
+    use crate::import::onnx::from_proto;
+    use moirai_shared::kernel::{AttrValue, DType, KernelClass};
+    use rules::{GroupPattern, ELTWISE};
+
+    const F: DType = DType::F32;
+
+    fn import(b: ModelBuilder) -> OnnxModel {
+        from_proto(
+            &b.proto(),
+            Path::new("test.onnx"),
+            &ImportOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn patterns(c: &CoarseGraph) -> Vec<String> {
+        c.groups.iter().map(|g| g.signature.pattern()).collect()
+    }
+
+    /// Conv -> BatchNormalization -> Relu, 3 -> 4 channels on 8x8.
+    fn conv_bn_relu() -> ModelBuilder {
+        ModelBuilder::new("cbr")
+            .input("x", F, &[1, 3, 8, 8])
+            .initializer("w", &[4, 3, 3, 3])
+            .initializer("b", &[4])
+            .initializer("scale", &[4])
+            .initializer("shift", &[4])
+            .initializer("mean", &[4])
+            .initializer("var", &[4])
+            .node_with(
+                "Conv",
+                &["x", "w", "b"],
+                &["c"],
+                &[("pads", AttrValue::Ints(vec![1, 1, 1, 1]))],
+            )
+            .node(
+                "BatchNormalization",
+                &["c", "scale", "shift", "mean", "var"],
+                &["n"],
+            )
+            .node("Relu", &["n"], &["y"])
+            .value_info("c", F, &[1, 4, 8, 8])
+            .value_info("n", F, &[1, 4, 8, 8])
+            .output("y", F, &[1, 4, 8, 8])
+    }
+
+    #[test]
+    fn conv_batchnorm_relu_is_one_kernel_on_both_backends() {
+        let m = import(conv_bn_relu());
+        for b in Backend::ALL {
+            let c = coarsen(&m, &RuleSet::for_backend(b));
+            assert_eq!(patterns(&c), ["Conv+BatchNormalization+Relu"], "{b}");
+            let g = &c.groups[0];
+            assert_eq!(g.signature.class, KernelClass::Conv);
+            assert_eq!(g.inputs, ["x"]);
+            assert_eq!(g.params, ["w", "b", "scale", "shift", "mean", "var"]);
+            assert_eq!(g.outputs, ["y"]);
+            assert_eq!(g.param_bytes, (4 * 27 + 5 * 4) * 4);
+            assert!(c.edges.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_conv_whose_output_is_also_a_graph_output_keeps_its_epilogue_apart() {
+        let m = import(conv_bn_relu().output("c", F, &[1, 4, 8, 8]));
+        let c = coarsen(&m, &RuleSet::wgpu());
+        assert_eq!(patterns(&c), ["Conv", "BatchNormalization+Relu"]);
+        assert_eq!(c.edges.len(), 1);
+        assert_eq!(c.edges[0].tensor, "c");
+        assert_eq!(c.edges[0].bytes, 4 * 64 * 4);
+    }
+
+    /// x -> MatMul -> Add(bias) -> Erf-based GELU -> MatMul, the BERT feed-forward block.
+    fn feed_forward() -> ModelBuilder {
+        ModelBuilder::new("ffn")
+            .input("x", F, &[1, 4, 8])
+            .initializer("w1", &[8, 16])
+            .initializer("b1", &[16])
+            .initializer("sqrt2", &[])
+            .initializer("one", &[])
+            .initializer("half", &[])
+            .initializer("w2", &[16, 8])
+            .node("MatMul", &["x", "w1"], &["mm"])
+            .node("Add", &["b1", "mm"], &["h"])
+            .node("Div", &["h", "sqrt2"], &["d"])
+            .node("Erf", &["d"], &["e"])
+            .node("Add", &["e", "one"], &["e1"])
+            .node("Mul", &["h", "e1"], &["g0"])
+            .node("Mul", &["g0", "half"], &["g"])
+            .node("MatMul", &["g", "w2"], &["y"])
+            .output("y", F, &[1, 4, 8])
+    }
+
+    #[test]
+    fn matmul_bias_and_erf_gelu_fuse_into_one_kernel() {
+        // No value_info for the intermediates: tract infers them.
+        let m = import(feed_forward());
+        assert!(m.used_tract_inference);
+        assert_eq!(m.shape("g").unwrap().dims, [1, 4, 16]);
+        for b in Backend::ALL {
+            let c = coarsen(&m, &RuleSet::for_backend(b));
+            assert_eq!(
+                patterns(&c),
+                ["MatMul+Add+Div+Erf+Add+Mul+Mul", "MatMul"],
+                "{b}"
+            );
+            assert_eq!(c.edges.len(), 1);
+            assert_eq!(c.edges[0].tensor, "g");
+            // Two matmuls of 2*4*8*16 FLOPs plus the epilogue's element-wise work.
+            let mm = 2 * 4 * 8 * 16;
+            assert!(c.groups[0].signature.flops > mm as u64);
+            assert_eq!(c.groups[1].signature.flops, mm as u64);
+        }
+    }
+
+    /// x -> Conv -> Relu -> Conv -> Add(., x) -> Relu: a ResNet basic block.
+    #[test]
+    fn a_residual_add_and_its_relu_join_the_second_conv() {
+        let m = import(
+            ModelBuilder::new("res")
+                .input("x", F, &[1, 4, 8, 8])
+                .initializer("w1", &[4, 4, 3, 3])
+                .initializer("w2", &[4, 4, 3, 3])
+                .node_with(
+                    "Conv",
+                    &["x", "w1"],
+                    &["c1"],
+                    &[("pads", AttrValue::Ints(vec![1; 4]))],
+                )
+                .node("Relu", &["c1"], &["r1"])
+                .node_with(
+                    "Conv",
+                    &["r1", "w2"],
+                    &["c2"],
+                    &[("pads", AttrValue::Ints(vec![1; 4]))],
+                )
+                .node("Add", &["c2", "x"], &["s"])
+                .node("Relu", &["s"], &["y"])
+                .output("y", F, &[1, 4, 8, 8]),
+        );
+        for b in Backend::ALL {
+            let c = coarsen(&m, &RuleSet::for_backend(b));
+            assert_eq!(patterns(&c), ["Conv+Relu", "Conv+Add+Relu"], "{b}");
+            assert_eq!(c.groups[1].inputs, ["r1", "x"]);
+        }
+    }
+
+    /// r = Relu(x); m = MatMul(r, W); s = Add(r, m). Relu and Add are both element-wise and
+    /// adjacent, but merging them would put the MatMul on a cycle.
+    fn detour() -> OnnxModel {
+        import(
+            ModelBuilder::new("detour")
+                .input("x", F, &[4, 4])
+                .initializer("w", &[4, 4])
+                .node("Relu", &["x"], &["r"])
+                .node("MatMul", &["r", "w"], &["m"])
+                .node("Add", &["r", "m"], &["s"])
+                .output("s", F, &[4, 4]),
+        )
+    }
+
+    #[test]
+    fn a_merge_that_would_create_a_cycle_is_refused() {
+        let m = detour();
+        // Only the multi-output eltwise rule: Relu -> Add matches it, the cycle check refuses.
+        let only_eltwise = RuleSet {
+            backend: Backend::Wgpu,
+            fold_static: true,
+            rules: vec![FusionRule {
+                name: "eltwise-chain",
+                producer: GroupPattern::Ops(ELTWISE),
+                consumer: GroupPattern::Ops(ELTWISE),
+                condition: Condition::Acyclic,
+            }],
+        };
+        let c = coarsen(&m, &only_eltwise);
+        assert_eq!(patterns(&c), ["Relu", "MatMul", "Add"]);
+        // With the full rules the Add becomes the MatMul's epilogue instead.
+        let c = coarsen(&m, &RuleSet::wgpu());
+        assert_eq!(patterns(&c), ["Relu", "MatMul+Add"]);
+        for e in &c.edges {
+            assert!(e.src < e.dst, "groups are in topological order");
+        }
+    }
+
+    #[test]
+    fn without_a_detour_the_same_eltwise_pair_fuses() {
+        let m = import(
+            ModelBuilder::new("chain")
+                .input("x", F, &[4, 4])
+                .input("z", F, &[4, 4])
+                .node("Relu", &["x"], &["r"])
+                .node("Add", &["r", "z"], &["s"])
+                .node("Sigmoid", &["r"], &["t"])
+                .output("s", F, &[4, 4])
+                .output("t", F, &[4, 4]),
+        );
+        // wgpu: multi-output fusion, all three in one shader writing s and t.
+        let c = coarsen(&m, &RuleSet::wgpu());
+        assert_eq!(patterns(&c), ["Relu+Add+Sigmoid"]);
+        assert_eq!(c.groups[0].outputs, ["s", "t"]);
+        // cpu: r has two readers, so it stays a kernel of its own.
+        let c = coarsen(&m, &RuleSet::cpu());
+        assert_eq!(c.groups.len(), 3);
+    }
+
+    #[test]
+    fn shape_only_subgraphs_are_folded_into_their_reader() {
+        let i64_ = DType::I64;
+        let m = import(
+            ModelBuilder::new("shapes")
+                .input("x", F, &[1, 4, 8])
+                .initializer_i64("idx", &[0])
+                .initializer_i64("minus_one", &[-1])
+                .initializer("w", &[32, 2])
+                .node("Relu", &["x"], &["r"])
+                .node("Shape", &["r"], &["s"])
+                .node_with(
+                    "Gather",
+                    &["s", "idx"],
+                    &["d0"],
+                    &[("axis", AttrValue::Int(0))],
+                )
+                .node("Concat", &["d0", "minus_one"], &["shp"])
+                .node("Reshape", &["r", "shp"], &["flat"])
+                .node("Identity", &["w"], &["w_id"])
+                .node("MatMul", &["flat", "w_id"], &["y"])
+                .value_info("r", F, &[1, 4, 8])
+                .value_info("s", i64_, &[3])
+                .value_info("d0", i64_, &[1])
+                .value_info("shp", i64_, &[2])
+                .value_info("flat", F, &[1, 32])
+                .value_info("w_id", F, &[32, 2])
+                .output("y", F, &[1, 2]),
+        );
+        assert_eq!(m.nodes.len(), 7);
+        let c = coarsen(&m, &RuleSet::wgpu());
+        assert_eq!(c.folded_nodes, 4, "Shape, Gather, Concat, Identity");
+        assert_eq!(patterns(&c), ["Relu", "Reshape+MatMul"]);
+        let mm = &c.groups[1];
+        assert_eq!(mm.name, "y_node", "named after its first non-view node");
+        assert_eq!(mm.inputs, ["r"]);
+        assert_eq!(mm.params, ["shp", "w_id"]);
+        let folded: Vec<&str> = mm
+            .folded
+            .iter()
+            .map(|&n| m.nodes[n].op_type.as_str())
+            .collect();
+        assert_eq!(folded, ["Shape", "Gather", "Concat", "Identity"]);
+        assert_eq!(mm.initializers, ["idx", "minus_one", "w"]);
+        assert_eq!(mm.param_bytes, 2 * 8 + 32 * 2 * 4);
+    }
+
+    #[test]
+    fn a_decomposed_layer_norm_is_one_row_reduction_kernel() {
+        let axes = ("axes", AttrValue::Ints(vec![-1]));
+        let m = import(
+            ModelBuilder::new("ln")
+                .input("x", F, &[1, 4, 8])
+                .initializer("two", &[])
+                .initializer("eps", &[])
+                .initializer("gamma", &[8])
+                .initializer("beta", &[8])
+                .node_with("ReduceMean", &["x"], &["mu"], &[axes.clone()])
+                .node("Sub", &["x", "mu"], &["d"])
+                .node("Pow", &["d", "two"], &["p"])
+                .node_with("ReduceMean", &["p"], &["v"], &[axes])
+                .node("Add", &["v", "eps"], &["ve"])
+                .node("Sqrt", &["ve"], &["sd"])
+                .node("Div", &["d", "sd"], &["n"])
+                .node("Mul", &["n", "gamma"], &["g"])
+                .node("Add", &["g", "beta"], &["y"])
+                .output("y", F, &[1, 4, 8]),
+        );
+        for b in Backend::ALL {
+            let c = coarsen(&m, &RuleSet::for_backend(b));
+            assert_eq!(c.groups.len(), 1, "{b}: {:?}", patterns(&c));
+            assert_eq!(c.groups[0].signature.class, KernelClass::LayerNorm);
+        }
+    }
+
+    #[test]
+    fn a_scaled_transpose_fuses_on_wgpu_only() {
+        let m = import(
+            ModelBuilder::new("tr")
+                .input("x", F, &[1, 4, 2, 8])
+                .initializer("scale", &[])
+                .node_with(
+                    "Transpose",
+                    &["x"],
+                    &["t"],
+                    &[("perm", AttrValue::Ints(vec![0, 2, 1, 3]))],
+                )
+                .node("Mul", &["t", "scale"], &["y"])
+                .value_info("t", F, &[1, 2, 4, 8])
+                .output("y", F, &[1, 2, 4, 8]),
+        );
+        assert_eq!(patterns(&coarsen(&m, &RuleSet::wgpu())), ["Transpose+Mul"]);
+        assert_eq!(
+            patterns(&coarsen(&m, &RuleSet::cpu())),
+            ["Transpose", "Mul"]
+        );
+    }
+
+    #[test]
+    fn equal_kernels_share_one_signature() {
+        let m = import(
+            ModelBuilder::new("twice")
+                .input("x", F, &[1, 4, 8, 8])
+                .initializer("w1", &[4, 4, 1, 1])
+                .initializer("w2", &[4, 4, 1, 1])
+                .node("Conv", &["x", "w1"], &["c1"])
+                .node("Relu", &["c1"], &["r1"])
+                .node("Conv", &["r1", "w2"], &["c2"])
+                .node("Relu", &["c2"], &["y"])
+                .output("y", F, &[1, 4, 8, 8]),
+        );
+        let c = coarsen(&m, &RuleSet::wgpu());
+        assert_eq!(c.groups.len(), 2);
+        let sigs = c.distinct_signatures();
+        assert_eq!(sigs.len(), 1);
+        assert_eq!(sigs[0].1, 2);
+    }
+}
