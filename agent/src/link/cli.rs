@@ -1,0 +1,112 @@
+//! `moirai-agent --broker URL --config firmware-configs/BOARD.toml --name NAME`: the agent's
+//! connected mode (the default when no subcommand is given), as a library function so test
+//! harnesses run exactly what the binary runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use moirai_shared::wire::topic::DEFAULT_PREFIX;
+use thiserror::Error;
+
+use crate::config::{load_board, AgentConfig, ConfigError};
+use crate::gpu::AdapterChoice;
+use crate::link;
+
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("connect mode needs --broker URL --config firmware-configs/BOARD.toml --name NAME (or a subcommand; see --help)")]
+    MissingArgs,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// Broker to connect to: mqtt://host:port.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Board file of the class this agent stands for (firmware-configs/BOARD.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Agent name: its MQTT client id and topic segment (letters, digits, - _ .).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Topic prefix shared with the orchestrator.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Board file of the machine this agent really runs on: measured times are scaled by the
+    /// ratio of peaks so the agent emulates the (slower) `--config` board.
+    #[arg(long)]
+    pub emulate_on: Option<PathBuf>,
+    /// Heartbeat period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// MQTT keep-alive in seconds (the broker publishes the Last Will after 1.5x this).
+    #[arg(long, default_value_t = 5)]
+    pub keep_alive_s: u64,
+    /// Profile on the CPU executor even when a GPU adapter exists.
+    #[arg(long)]
+    pub cpu: bool,
+    /// Bytes of the link probe.
+    #[arg(long, default_value_t = 256 << 10)]
+    pub probe_bytes: usize,
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<(), ConnectError> {
+    let (Some(broker), Some(config), Some(name)) = (&args.broker, &args.config, &args.name)
+    else {
+        return Err(ConnectError::MissingArgs);
+    };
+    let board = load_board(config)?;
+    let mut cfg = AgentConfig::new(name, board, broker, &args.prefix)?;
+    cfg.heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
+    cfg.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
+    cfg.probe_bytes = args.probe_bytes;
+    if let Some(host) = &args.emulate_on {
+        cfg = cfg.emulate_on(load_board(host)?)?;
+    }
+    let choice = match adapter {
+        Some(a) => AdapterChoice::NameContains(a),
+        None => AdapterChoice::from_env(),
+    };
+    let (info, timer) = link::timer::open(&choice, args.cpu);
+    match cfg.scale() {
+        Some(s) => println!(
+            "agent {name}: board {} emulated on {} ({}, {}): measured times x{s:.2} (ratio of peaks)",
+            cfg.board.name,
+            cfg.host.as_ref().map_or("?", |h| h.name.as_str()),
+            info.name,
+            info.backend
+        ),
+        None => println!(
+            "agent {name}: board {} on {} ({})",
+            cfg.board.name, info.name, info.backend
+        ),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(ConnectError::Runtime)?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = shutdown => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        link::run(cfg, info, timer, None, shutdown).await
+    })?;
+    Ok(())
+}

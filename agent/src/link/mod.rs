@@ -1,0 +1,389 @@
+//! The agent's MQTT loop: connects with rumqttc (reconnecting with backoff), follows the
+//! pure lifecycle of [`life::AgentLife`], answers profile requests, measures its link to the
+//! broker and keeps the assignment it was sent.
+//!
+//! Profiling runs on its own thread with the [`KernelTimer`] created there; it sends report
+//! chunks back through a channel, so heartbeats never wait for a kernel. Link probes publish
+//! a payload to the agent's own probe topic: the time to the broker's PUBACK gives the upload
+//! rate, the time from there to the payload coming back the download rate, and a tiny probe
+//! the round trip.
+
+pub mod cli;
+pub mod life;
+pub mod probe;
+pub mod timer;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moirai_shared::kernel::KernelSignature;
+use moirai_shared::wire::assign::Assignment;
+use moirai_shared::wire::life::{Birth, Command, LinkStats, OrchState, Probe};
+use moirai_shared::wire::profile::{ProfileEntry, ProfileFailure, ProfileReport, ProfileRequest};
+use moirai_shared::wire::{decode, encode, truncated, Topic, TopicKind, WireMessage, PROTOCOL_VERSION};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use life::{AgentLife, LifeAction};
+use probe::{LinkProbe, ProbeStep};
+
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("cannot start the profiling thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Times one kernel on this machine.
+pub trait KernelTimer {
+    /// Median time of `sig` over `runs` timed runs (after a warm-up), in milliseconds, as
+    /// measured here (the loop applies the emulation scale).
+    fn time_ms(&mut self, sig: &KernelSignature, runs: u32) -> Result<f64, String>;
+}
+
+/// Builds the timer on the profiling thread (GPU contexts stay on the thread that made them).
+pub type TimerFactory = Box<dyn FnOnce() -> Box<dyn KernelTimer> + Send>;
+
+/// What the agent tells about its hardware in its birth.
+#[derive(Clone, Debug)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub backend: String,
+}
+
+/// What the loop reports to its caller (tests and the demo watch these).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    Announced { bd_seq: u64 },
+    Assigned { epoch: u64, ops: usize },
+    Profiled { kernels: u32 },
+    LinkMeasured(LinkStats),
+    Disconnected,
+}
+
+/// Kernels per report chunk: keeps chunks far below the size limit and gives progress.
+const CHUNK: usize = 16;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Profiling {
+    request: ProfileRequest,
+}
+
+/// Runs the agent until `shutdown` resolves. Never returns an error for network trouble: it
+/// reconnects.
+pub async fn run(
+    cfg: AgentConfig,
+    adapter: AdapterInfo,
+    timer: TimerFactory,
+    events: Option<mpsc::UnboundedSender<AgentEvent>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), LinkError> {
+    let name = cfg.name.to_string();
+    let topics = cfg.topics.clone();
+    let scale = cfg.scale();
+    let emit = |e: AgentEvent| {
+        if let Some(tx) = &events {
+            let _ = tx.send(e);
+        }
+    };
+
+    // Profiling thread: requests in, report chunks out.
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<Profiling>();
+    let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<ProfileReport>();
+    std::thread::Builder::new()
+        .name("moirai-profiler".into())
+        .spawn(move || profile_worker(timer, job_rx, chunk_tx, scale))
+        .map_err(LinkError::Thread)?;
+
+    let mut life = AgentLife::new(now_ms());
+    let will_topic = topics.agent(&name, TopicKind::Death);
+    let will = |life: &AgentLife| {
+        LastWill::new(
+            will_topic.clone(),
+            encode(&life.death()).unwrap_or_default(),
+            QoS::AtLeastOnce,
+            false,
+        )
+    };
+    let mut opts = MqttOptions::new(name.clone(), cfg.broker.host.clone(), cfg.broker.port);
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(9 << 20, 9 << 20);
+    opts.set_last_will(will(&life));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Duration::from_millis(100);
+    let mut busy = false;
+    let mut link: Option<LinkStats> = None;
+    let mut probe: Option<LinkProbe> = None;
+    let mut probe_to_send: Option<u32> = None;
+    let mut probe_seq = 0u32;
+    // Kind of each publish handed to rumqttc, in order: true for a large probe. Matched
+    // against `Outgoing::Publish` events to learn the probe's packet id.
+    let mut publishes: VecDeque<bool> = VecDeque::new();
+    let mut assignment: Option<Assignment> = None;
+    tokio::pin!(shutdown);
+
+    let publish = |publishes: &mut VecDeque<bool>,
+                   topic: String,
+                   qos: QoS,
+                   bytes: Vec<u8>,
+                   is_probe: bool| {
+        match client.try_publish(topic.clone(), qos, false, bytes) {
+            Ok(()) => publishes.push_back(is_probe),
+            Err(e) => warn!(%topic, error = %e, "publish dropped"),
+        }
+    };
+    let encoded = |m: &dyn Fn() -> Result<Vec<u8>, moirai_shared::wire::WireError>| match m() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            warn!(error = %e, "cannot encode");
+            None
+        }
+    };
+    fn enc<M: WireMessage>(m: &M) -> Result<Vec<u8>, moirai_shared::wire::WireError> {
+        encode(m)
+    }
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    publishes.clear();
+                    for a in life.on_connected() {
+                        if a == LifeAction::Subscribe {
+                            let mut subs = vec![topics.orch_state()];
+                            for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe] {
+                                subs.push(topics.agent(&name, k));
+                            }
+                            for s in subs {
+                                if let Err(e) = client.try_subscribe(s, QoS::AtLeastOnce) {
+                                    warn!(error = %e, "subscribe failed");
+                                }
+                            }
+                        }
+                    }
+                    info!(bd_seq = life.bd_seq(), broker = %cfg.broker, "connected");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let parsed = topics.parse(&p.topic);
+                    let mut actions = Vec::new();
+                    match parsed {
+                        Ok(Topic::OrchState) => match decode::<OrchState>(&p.payload) {
+                            Ok(s) => actions = life.on_orch_state(&s),
+                            Err(e) => debug!(error = %e, "orchestrator state dropped"),
+                        },
+                        Ok(Topic::Agent { name: n, kind }) if n.as_str() == name => match kind {
+                            TopicKind::Command => match decode::<Command>(&p.payload) {
+                                Ok(Command::Rebirth) => actions = life.on_rebirth(),
+                                Ok(Command::ProbeLink) => probe_to_send = Some(start_probe(&mut probe, &mut probe_seq, cfg.probe_bytes)),
+                                Err(e) => debug!(error = %e, "command dropped"),
+                            },
+                            TopicKind::ProfileRequest => match decode::<ProfileRequest>(&p.payload) {
+                                Ok(request) => {
+                                    info!(request_id = request.request_id, kernels = request.signatures.len(), "profiling");
+                                    busy = true;
+                                    let _ = job_tx.send(Profiling { request });
+                                }
+                                Err(e) => warn!(error = %e, "profile request dropped"),
+                            },
+                            TopicKind::Assign => match decode::<Assignment>(&p.payload) {
+                                Ok(a) if assignment.as_ref().is_some_and(|c| c.epoch > a.epoch) => {
+                                    debug!(epoch = a.epoch, "older assignment ignored");
+                                }
+                                Ok(a) => {
+                                    info!(epoch = a.epoch, ops = a.ops.len(), receive = a.receive.len(), send = a.send.len(), "assignment");
+                                    emit(AgentEvent::Assigned { epoch: a.epoch, ops: a.ops.len() });
+                                    assignment = Some(a);
+                                }
+                                Err(e) => warn!(error = %e, "assignment dropped"),
+                            },
+                            TopicKind::Probe => {
+                                if let (Ok(pr), Some(run)) = (decode::<Probe>(&p.payload), probe.as_mut()) {
+                                    match run.on_echo(pr.seq, Instant::now()) {
+                                        Some(ProbeStep::SendLarge { seq, bytes }) => {
+                                            if let Ok(b) = encode(&Probe { seq, padding: vec![0x5A; bytes] }) {
+                                                publish(&mut publishes, topics.agent(&name, TopicKind::Probe), QoS::AtLeastOnce, b, true);
+                                            }
+                                        }
+                                        Some(ProbeStep::Done(stats)) => {
+                                            info!(up_bps = stats.up_bps, down_bps = stats.down_bps, rtt_us = stats.rtt_us, "link measured");
+                                            emit(AgentEvent::LinkMeasured(stats));
+                                            link = Some(stats);
+                                            probe = None;
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        },
+                        _ => {}
+                    }
+                    for a in actions {
+                        if a == LifeAction::Announce {
+                            let birth = make_birth(&cfg, &adapter, life.bd_seq());
+                            if let Some(b) = encoded(&|| enc(&birth)) {
+                                publish(&mut publishes, topics.agent(&name, TopicKind::Birth), QoS::AtLeastOnce, b, false);
+                                info!(bd_seq = life.bd_seq(), "announced");
+                                emit(AgentEvent::Announced { bd_seq: life.bd_seq() });
+                            }
+                            if link.is_none() && probe.is_none() {
+                                probe_to_send = Some(start_probe(&mut probe, &mut probe_seq, cfg.probe_bytes));
+                            }
+                        }
+                    }
+                    if let Some(seq) = probe_to_send.take() {
+                        if let Ok(b) = encode(&Probe { seq, padding: vec![0; 8] }) {
+                            publish(&mut publishes, topics.agent(&name, TopicKind::Probe), QoS::AtMostOnce, b, false);
+                        }
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if publishes.pop_front() == Some(true) {
+                        if let Some(run) = probe.as_mut() {
+                            run.on_large_sent(pkid);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(run) = probe.as_mut() {
+                        run.on_puback(ack.pkid, Instant::now());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    life.on_disconnected(now_ms());
+                    eventloop.mqtt_options.set_last_will(will(&life));
+                    publishes.clear();
+                    probe = None;
+                    emit(AgentEvent::Disconnected);
+                    warn!(error = %e, retry_in = ?backoff, next_bd_seq = life.bd_seq(), "broker connection lost");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
+            _ = heartbeat.tick() => {
+                if let Some(hb) = life.heartbeat(busy, link) {
+                    if let Some(b) = encoded(&|| enc(&hb)) {
+                        publish(&mut publishes, topics.agent(&name, TopicKind::Heartbeat), QoS::AtMostOnce, b, false);
+                    }
+                }
+            }
+            Some(mut chunk) = chunk_rx.recv() => {
+                chunk.bd_seq = life.bd_seq();
+                if chunk.is_last() {
+                    busy = false;
+                    emit(AgentEvent::Profiled { kernels: chunk.total });
+                }
+                if let Some(b) = encoded(&|| enc(&chunk)) {
+                    publish(&mut publishes, topics.agent(&name, TopicKind::ProfileReport), QoS::AtLeastOnce, b, false);
+                }
+            }
+        }
+    }
+    // A clean goodbye: the death of this session, then disconnect.
+    if life.is_announced() {
+        if let Ok(b) = encode(&life.death()) {
+            let _ = client.try_publish(will_topic.clone(), QoS::AtLeastOnce, false, b);
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Starts a probe; returns the sequence number of the small message to publish.
+fn start_probe(probe: &mut Option<LinkProbe>, seq: &mut u32, bytes: usize) -> u32 {
+    *seq += 1;
+    let (p, _) = LinkProbe::start(*seq, bytes, Instant::now());
+    *probe = Some(p);
+    *seq
+}
+
+fn make_birth(cfg: &AgentConfig, adapter: &AdapterInfo, bd_seq: u64) -> Birth {
+    Birth {
+        name: cfg.name.clone(),
+        board: truncated(&cfg.board.name),
+        adapter: truncated(&adapter.name),
+        backend: truncated(&adapter.backend),
+        memory_bytes: cfg.board.usable_memory_bytes(),
+        peak_gflops: cfg.board.compute.f32_gflops as f32,
+        mem_gbps: cfg.board.memory.bandwidth_gbps as f32,
+        emulation_scale: cfg.scale().map(|s| s as f32),
+        agent_version: truncated(env!("CARGO_PKG_VERSION")),
+        protocol: PROTOCOL_VERSION,
+        bd_seq,
+    }
+}
+
+/// The profiling thread: times every kernel of each request, sending a chunk every
+/// [`CHUNK`] kernels.
+fn profile_worker(
+    factory: TimerFactory,
+    jobs: std::sync::mpsc::Receiver<Profiling>,
+    chunks: mpsc::UnboundedSender<ProfileReport>,
+    scale: Option<f64>,
+) {
+    let mut timer = factory();
+    while let Ok(Profiling { request }) = jobs.recv() {
+        let total = request.signatures.len() as u32;
+        let mut entries = Vec::new();
+        let mut failures = Vec::new();
+        let mut done = 0u32;
+        let flush = |entries: &mut Vec<ProfileEntry>, failures: &mut Vec<ProfileFailure>, done| {
+            ProfileReport {
+                request_id: request.request_id,
+                bd_seq: 0,
+                done,
+                total,
+                entries: std::mem::take(entries),
+                failures: std::mem::take(failures),
+                emulation_scale: scale.map(|s| s as f32),
+            }
+        };
+        for sig in &request.signatures {
+            let key = sig.key();
+            match timer.time_ms(sig, request.runs.max(1)) {
+                Ok(t) if t.is_finite() && t >= 0.0 => entries.push(ProfileEntry {
+                    key,
+                    time_ms: t * scale.unwrap_or(1.0),
+                    runs: request.runs.max(1),
+                }),
+                Ok(t) => failures.push(ProfileFailure {
+                    key,
+                    reason: format!("timer returned {t}"),
+                }),
+                Err(reason) => failures.push(ProfileFailure { key, reason }),
+            }
+            done += 1;
+            if entries.len() + failures.len() >= CHUNK && done < total {
+                if chunks.send(flush(&mut entries, &mut failures, done)).is_err() {
+                    return;
+                }
+            }
+        }
+        if chunks.send(flush(&mut entries, &mut failures, done)).is_err() {
+            return;
+        }
+    }
+}

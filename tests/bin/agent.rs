@@ -1,0 +1,30 @@
+//! `moirai-test-agent --broker ... --config ... --name ...`: the agent's connected mode as a
+//! binary of this package, so the integration tests can start it by `CARGO_BIN_EXE_` path;
+//! it runs the same library function as `moirai-agent` without a subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    connect: moirai_agent::link::cli::ConnectArgs,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,moirai_agent=info")),
+        )
+        .init();
+    match moirai_agent::link::cli::run(Cli::parse().connect, None) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moirai-test-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
