@@ -1,0 +1,136 @@
+//! `moirai coarsen`: import ONNX models, coarsen them for a backend, print what was fused,
+//! and (with a cluster) write the costed profiled-graph/v1 JSON.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use moirai_orchestrator::cluster;
+use moirai_orchestrator::coarsen::{coarsen, rules::RuleSet, CoarseGraph};
+use moirai_orchestrator::costing;
+use moirai_orchestrator::import::onnx::{self, ImportOptions};
+use moirai_shared::cost::ProfileTable;
+use moirai_shared::device::Backend;
+use moirai_shared::graph::format;
+
+use crate::cli::CoarsenArgs;
+
+/// The backend a `--backend` value names.
+pub fn backend(name: &str) -> Result<Backend> {
+    name.parse::<Backend>()
+        .map_err(|e| anyhow::anyhow!("--backend: {e}"))
+}
+
+/// Import options from `--dim name=value` pairs.
+pub fn import_options(dims: &[String]) -> Result<ImportOptions> {
+    let mut opts = ImportOptions::default();
+    for d in dims {
+        let (name, value) = d
+            .split_once('=')
+            .with_context(|| format!("--dim `{d}`: expected NAME=VALUE"))?;
+        let value: usize = value
+            .parse()
+            .with_context(|| format!("--dim `{d}`: `{value}` is not a size"))?;
+        opts.dims.insert(name.to_string(), value);
+    }
+    Ok(opts)
+}
+
+/// Reads a profile table file.
+pub fn load_profiles(path: &Path) -> Result<ProfileTable> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read profile table {}", path.display()))?;
+    ProfileTable::from_json(&text).with_context(|| format!("profile table {}", path.display()))
+}
+
+struct Measured {
+    coarse: CoarseGraph,
+    import_ms: f64,
+    coarsen_ms: f64,
+}
+
+fn measure(path: &Path, backend: Backend, opts: &ImportOptions) -> Result<Measured> {
+    let t0 = Instant::now();
+    let model = onnx::load(path, opts)?;
+    let t1 = Instant::now();
+    let coarse = coarsen(&model, &RuleSet::for_backend(backend));
+    let t2 = Instant::now();
+    Ok(Measured {
+        coarse,
+        import_ms: (t1 - t0).as_secs_f64() * 1e3,
+        coarsen_ms: (t2 - t1).as_secs_f64() * 1e3,
+    })
+}
+
+pub fn run(args: CoarsenArgs) -> Result<()> {
+    let backend = backend(&args.onnx.backend)?;
+    let opts = import_options(&args.onnx.dim)?;
+    if args.model.len() > 1 && args.out.is_some() {
+        bail!("--out takes one --model at a time");
+    }
+    if args.out.is_some() && args.cluster.is_none() {
+        bail!("--out needs --cluster: the exported graph is costed for a cluster's devices");
+    }
+    let cluster = args
+        .cluster
+        .as_deref()
+        .map(|c| cluster::load_cluster(c, args.onnx.boards.as_deref()))
+        .transpose()?;
+    let profiles = args.onnx.profiles.as_deref().map(load_profiles).transpose()?;
+
+    if args.table {
+        println!("| model | backend | nodes before | after | ratio | folded shape-only | distinct signatures | import + coarsen (ms) |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    }
+    for path in &args.model {
+        let m = measure(path, backend, &opts)?;
+        let c = &m.coarse;
+        let sigs = c.distinct_signatures();
+        if args.table {
+            println!(
+                "| {} | {} | {} | {} | {:.1}% | {} | {} | {:.1} |",
+                c.model,
+                backend,
+                c.nodes_before,
+                c.groups.len(),
+                100.0 * c.ratio(),
+                c.folded_nodes,
+                sigs.len(),
+                m.import_ms + m.coarsen_ms
+            );
+        } else {
+            println!(
+                "{} ({backend}): {} nodes -> {} fused ops ({:.1}%), {} shape-only nodes folded, {} distinct kernel signatures; import {:.1} ms, coarsen {:.1} ms",
+                c.model,
+                c.nodes_before,
+                c.groups.len(),
+                100.0 * c.ratio(),
+                c.folded_nodes,
+                sigs.len(),
+                m.import_ms,
+                m.coarsen_ms
+            );
+            for (sig, count) in &sigs {
+                println!("  {count:>3}x {}", sig.key());
+            }
+        }
+        if let Some(cluster) = &cluster {
+            let (graph, sources) = costing::costed_graph(c, cluster, profiles.as_ref())?;
+            eprintln!(
+                "{}: costed on {} ({} devices): {} ops, {} edges; {} op times profiled, {} from the roofline",
+                c.model,
+                cluster.name,
+                cluster.len(),
+                graph.num_ops(),
+                graph.edges().len(),
+                sources.profiled,
+                sources.roofline
+            );
+            if let Some(out) = &args.out {
+                std::fs::write(out, format::to_json(&graph))
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
