@@ -8,12 +8,24 @@
 //! - [`place`]: baselines (single device, HEFT, m-TOPO, m-ETF, m-SCT, GETF) and the Moirai placer.
 //! - [`bound`]: lower bounds on the makespan.
 //! - [`report`]: tables and Gantt charts.
+//! - [`fleet`]: the agents, their lifecycle and measured profiles, as a pure state machine.
+//! - [`replan`]: debounced, warm-started replanning on the online agents.
 
 pub mod bound;
+pub mod broker;
+pub mod bus;
 pub mod cluster;
 pub mod coarsen;
 pub mod costing;
+pub mod demo;
+pub mod fleet;
+pub mod fleet_bench;
 pub mod import;
 pub mod place;
+pub mod replan;
 pub mod report;
+pub mod serve;
 pub mod simulate;
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,1 +1,43 @@
-fn main() {}
+//! `moirai`: the orchestrator's command line. Parses arguments, installs logging, dispatches;
+//! the work lives in the library (`moirai_orchestrator`).
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Plan(args) => commands::plan::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+        Command::Coarsen(args) => commands::coarsen::run(args),
+        Command::Serve(args) => moirai_orchestrator::serve::run_blocking(args).map_err(Into::into),
+        Command::Demo { demo, fleet } => moirai_orchestrator::demo::run(demo, fleet).map_err(Into::into),
+        Command::Fleet(args) => moirai_orchestrator::serve::show_fleet(args).map(|_| ()).map_err(Into::into),
+        Command::BenchFleet { bench, fleet } => {
+            moirai_orchestrator::fleet_bench::run(bench, fleet).map_err(Into::into)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

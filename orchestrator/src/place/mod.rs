@@ -1,1 +1,218 @@
-//! Placers: baselines and the Moirai placer.
+//! Placers: every method that turns a [`Graph`] into a [`Schedule`].
+//!
+//! Baselines, one file each with the paper it comes from: [`single`] (best single device),
+//! [`heft`], [`mtopo`], [`metf`], [`msct`] (the Baechi family) and [`getf`]. The Moirai placer
+//! lives in [`moirai`] (anytime search with exact MILP windows, [`milp`]).
+//!
+//! Every method produces its schedule through the simulator ([`crate::simulate`]), and
+//! [`place`] passes it through the validator before returning it, so a bug in a placer shows
+//! up as an error, never as a wrong plan.
+
+pub mod getf;
+pub mod greedy;
+pub mod heft;
+pub mod lp;
+pub mod metf;
+pub mod milp;
+pub mod moirai;
+pub mod msct;
+pub mod mtopo;
+pub mod search;
+pub mod single;
+
+use std::time::{Duration, Instant};
+
+use moirai_shared::plan::check::{validate, Violation};
+use moirai_shared::plan::Placement;
+use moirai_shared::{Graph, Schedule};
+use thiserror::Error;
+
+use crate::bound::{self, LowerBound};
+
+/// The placement methods, by CLI name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    Single,
+    Heft,
+    MTopo,
+    MEtf,
+    MSct,
+    Getf,
+    /// The Moirai placer (anytime search, exact MILP on small graphs).
+    Moirai,
+}
+
+impl Method {
+    /// The baselines (also the Moirai placer's warm starts).
+    pub const ALL: [Method; 6] = [
+        Method::Single,
+        Method::Heft,
+        Method::MTopo,
+        Method::MEtf,
+        Method::MSct,
+        Method::Getf,
+    ];
+
+    /// Every method, baselines first.
+    pub const EVERY: [Method; 7] = [
+        Method::Single,
+        Method::Heft,
+        Method::MTopo,
+        Method::MEtf,
+        Method::MSct,
+        Method::Getf,
+        Method::Moirai,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Single => "single",
+            Method::Heft => "heft",
+            Method::MTopo => "mtopo",
+            Method::MEtf => "metf",
+            Method::MSct => "msct",
+            Method::Getf => "getf",
+            Method::Moirai => "moirai",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::EVERY.into_iter().find(|m| m.name() == s)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Knobs shared by all methods; baselines ignore what they do not use.
+#[derive(Clone, Debug)]
+pub struct PlaceOptions {
+    /// Wall-clock budget of anytime methods.
+    pub time_limit: Duration,
+    /// Seed of every random choice (same seed, same plan).
+    pub seed: u64,
+    /// Worker threads of parallel methods.
+    pub threads: usize,
+    /// A placement to start from (e.g. the plan in force before a device joined).
+    pub warm_start: Option<Placement>,
+}
+
+impl Default for PlaceOptions {
+    fn default() -> Self {
+        Self {
+            time_limit: Duration::from_secs(10),
+            seed: 0,
+            threads: 1,
+            warm_start: None,
+        }
+    }
+}
+
+/// Why a method produced no plan.
+#[derive(Debug, Error)]
+pub enum PlaceError {
+    /// The method could not fit the graph in memory; the message says which device lacks how much.
+    #[error("{method}: infeasible: {reason}")]
+    Infeasible { method: String, reason: String },
+    /// A solver failed in a way that is not the graph's fault.
+    #[error("{method}: solver failed: {reason}")]
+    Solver { method: String, reason: String },
+    /// The method produced a schedule that breaks a rule: a bug, reported rather than hidden.
+    #[error("{method}: produced an invalid schedule: {violation}")]
+    Invalid { method: String, violation: Violation },
+}
+
+/// A validated plan with its bound.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub schedule: Schedule,
+    pub bound: LowerBound,
+    /// True when the method proved the makespan optimal.
+    pub optimal: bool,
+}
+
+impl Plan {
+    pub fn makespan(&self) -> f64 {
+        self.schedule.makespan_ms
+    }
+    /// Relative gap to the lower bound.
+    pub fn gap(&self) -> f64 {
+        if self.optimal {
+            0.0
+        } else {
+            self.bound.gap(self.makespan())
+        }
+    }
+}
+
+/// What a placer returns before validation: a schedule, and whether it is proven optimal.
+pub struct Placed {
+    pub schedule: Schedule,
+    pub optimal: bool,
+}
+
+/// Runs `method` on `g`, validates its schedule and attaches the lower bound.
+pub fn place(g: &Graph, method: Method, opts: &PlaceOptions, bound: &LowerBound) -> Result<Plan, PlaceError> {
+    place_with_progress(g, method, opts, bound, &|_| {})
+}
+
+/// [`place`], reporting the Moirai placer's progress to `progress`.
+pub fn place_with_progress(
+    g: &Graph,
+    method: Method,
+    opts: &PlaceOptions,
+    bound: &LowerBound,
+    progress: &(dyn Fn(moirai::Progress) + Sync),
+) -> Result<Plan, PlaceError> {
+    let started = Instant::now();
+    let placed = match method {
+        Method::Single => single::place(g)?,
+        Method::Heft => heft::place(g)?,
+        Method::MTopo => mtopo::place(g)?,
+        Method::MEtf => metf::place(g)?,
+        Method::MSct => msct::place(g)?,
+        Method::Getf => getf::place(g)?,
+        Method::Moirai => moirai::place(g, opts, progress)?,
+    };
+    finish(g, method.name(), placed, started, bound)
+}
+
+/// Stamps name, bound and time on a schedule and validates it.
+pub fn finish(
+    g: &Graph,
+    method: &str,
+    placed: Placed,
+    started: Instant,
+    bound: &LowerBound,
+) -> Result<Plan, PlaceError> {
+    let mut schedule = placed.schedule;
+    schedule.method = method.to_string();
+    schedule.solve_seconds = started.elapsed().as_secs_f64();
+    let bound = if placed.optimal {
+        LowerBound {
+            value_ms: schedule.makespan_ms,
+            source: "optimal (exact MILP)".into(),
+        }
+        .max(bound.clone())
+    } else {
+        bound.clone()
+    };
+    schedule.lower_bound_ms = bound.value_ms;
+    validate(g, &schedule).map_err(|violation| PlaceError::Invalid {
+        method: method.to_string(),
+        violation,
+    })?;
+    Ok(Plan {
+        schedule,
+        bound,
+        optimal: placed.optimal,
+    })
+}
+
+/// The bound every plan of `g` reports: the best of the critical path, total work and the LP.
+pub fn lower_bound(g: &Graph) -> LowerBound {
+    bound::best(g)
+}

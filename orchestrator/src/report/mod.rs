@@ -1,1 +1,4 @@
-//! Reports: tables and Gantt charts.
+//! What people read: the method table ([`table`]) and the Gantt chart ([`gantt`]).
+
+pub mod gantt;
+pub mod table;

@@ -205,7 +205,7 @@ pub fn from_json(text: &str) -> Result<Graph, FormatError> {
         let obj = e
             .as_object()
             .ok_or_else(|| type_err(&place, "(edge)", "an object"))?;
-        let mut end = |f: &'static str| -> Result<OpId, FormatError> {
+        let end = |f: &'static str| -> Result<OpId, FormatError> {
             let id = id_of(field(obj, &place, f)?, &place, f)?;
             by_name.get(&id).copied().ok_or(FormatError::UnknownOp {
                 edge: i,

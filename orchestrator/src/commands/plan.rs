@@ -1,0 +1,128 @@
+//! `moirai plan`: place a graph, print the table, write the schedule and the Gantt chart.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use moirai_orchestrator::import::profiled;
+use moirai_orchestrator::place::{self, Method, Plan, PlaceOptions};
+use moirai_orchestrator::report::{gantt, table};
+use moirai_shared::Graph;
+
+use crate::cli::{PlanArgs, SearchArgs};
+
+/// Place options from the command line.
+pub fn options(s: &SearchArgs) -> Result<PlaceOptions> {
+    if !(s.time_limit.is_finite() && s.time_limit > 0.0) {
+        bail!("--time-limit must be a positive number of seconds, got {}", s.time_limit);
+    }
+    Ok(PlaceOptions {
+        time_limit: std::time::Duration::from_secs_f64(s.time_limit),
+        seed: s.seed,
+        threads: s
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1),
+        warm_start: None,
+    })
+}
+
+/// The methods a `--method` value names.
+pub fn methods(name: &str) -> Result<Vec<Method>> {
+    if name == "all" {
+        return Ok(Method::EVERY.to_vec());
+    }
+    name.split(',')
+        .map(|n| {
+            Method::parse(n.trim()).with_context(|| {
+                let known: Vec<&str> = Method::EVERY.iter().map(|m| m.name()).collect();
+                format!("unknown method `{n}`; known: {}, all", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn load_graph(args: &PlanArgs) -> Result<Graph> {
+    match (&args.graph, &args.model) {
+        (Some(g), None) => Ok(profiled::load(g)?),
+        (None, Some(model)) => {
+            let cluster = args.cluster.as_deref().context("--model needs --cluster")?;
+            let p = moirai_orchestrator::costing::from_files(
+                model,
+                cluster,
+                args.onnx.boards.as_deref(),
+                super::coarsen::backend(&args.onnx.backend)?,
+                args.onnx.profiles.as_deref(),
+                &super::coarsen::import_options(&args.onnx.dim)?,
+            )?;
+            eprintln!(
+                "{}: {} ONNX nodes -> {} fused ops ({} backend), {} edges, on {} ({} devices); {} op times profiled, {} from the roofline",
+                p.coarse.model,
+                p.coarse.nodes_before,
+                p.graph.num_ops(),
+                p.coarse.backend,
+                p.graph.edges().len(),
+                p.cluster.name,
+                p.cluster.len(),
+                p.sources.profiled,
+                p.sources.roofline
+            );
+            Ok(p.graph)
+        }
+        _ => bail!("give either --graph G.json or --model M.onnx --cluster C.toml"),
+    }
+}
+
+/// Runs `methods` on `g`, returning the rows of the table (errors kept per method).
+pub fn run_methods(g: &Graph, methods: &[Method], opts: &PlaceOptions) -> Vec<table::Row> {
+    let bound = place::lower_bound(g);
+    methods
+        .iter()
+        .map(|&m| table::Row {
+            graph: g.name.clone(),
+            method: m.name().to_string(),
+            outcome: place::place(g, m, opts, &bound).map_err(|e| e.to_string()),
+        })
+        .collect()
+}
+
+/// The best plan among the rows.
+pub fn best(rows: &[table::Row]) -> Option<&Plan> {
+    rows.iter()
+        .filter_map(|r| r.outcome.as_ref().ok())
+        .min_by(|a, b| a.makespan().total_cmp(&b.makespan()))
+}
+
+pub fn run(args: PlanArgs) -> Result<()> {
+    let g = load_graph(&args)?;
+    let opts = options(&args.search)?;
+    let methods = methods(&args.method)?;
+    let rows = run_methods(&g, &methods, &opts);
+    let text = table::markdown(&rows);
+    if args.json {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    let Some(chosen) = best(&rows) else {
+        let errors: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().err().cloned())
+            .collect();
+        bail!("no method produced a plan for {}:\n  {}", g.name, errors.join("\n  "));
+    };
+    let json = serde_json::to_string_pretty(&chosen.schedule)?;
+    if let Some(out) = &args.out {
+        write(out, &json)?;
+    }
+    if let Some(svg) = &args.gantt {
+        write(svg, &gantt::svg(&g, &chosen.schedule))?;
+    }
+    if args.json {
+        println!("{json}");
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}

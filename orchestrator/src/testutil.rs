@@ -1,0 +1,92 @@
+//! Graphs for unit tests.
+
+use moirai_shared::graph::{format, Device, Edge, Op};
+use moirai_shared::{Graph, OpId};
+
+/// The paper's toy case, shipped in the repo (memory binds; optimum 30 ms).
+pub fn example_1() -> Graph {
+    format::from_json(include_str!("../../tests/fixtures/profiled/example_1.json")).unwrap()
+}
+
+/// A diamond a -> {b, c} -> d on two devices; device 1 is twice as slow; transfers 1 ms.
+pub fn diamond() -> Graph {
+    let devices = vec![
+        Device {
+            name: "fast".into(),
+            memory_bytes: 100,
+        },
+        Device {
+            name: "slow".into(),
+            memory_bytes: 100,
+        },
+    ];
+    let op = |name: &str, t: f64| Op {
+        name: name.into(),
+        time_ms: vec![t, 2.0 * t],
+        memory_bytes: 10,
+        kernel: None,
+    };
+    let edge = |s: u32, d: u32| Edge {
+        src: OpId(s),
+        dst: OpId(d),
+        transfer_ms: vec![0.0, 1.0, 1.0, 0.0],
+        tensor: None,
+    };
+    Graph::new(
+        "diamond",
+        devices,
+        vec![op("a", 1.0), op("b", 4.0), op("c", 4.0), op("d", 1.0)],
+        vec![edge(0, 1), edge(0, 2), edge(1, 3), edge(2, 3)],
+    )
+    .unwrap()
+}
+
+/// `n` independent ops, identical on `k` identical devices, no edges: optimum is obvious.
+pub fn independent(n: usize, k: usize, t: f64) -> Graph {
+    let devices = (0..k)
+        .map(|i| Device {
+            name: format!("d{i}"),
+            memory_bytes: u64::MAX,
+        })
+        .collect();
+    let ops = (0..n)
+        .map(|i| Op {
+            name: format!("o{i}"),
+            time_ms: vec![t; k],
+            memory_bytes: 1,
+            kernel: None,
+        })
+        .collect();
+    Graph::new("independent", devices, ops, vec![]).unwrap()
+}
+
+/// A chain of `n` ops; device 0 is fast, device 1 slow; transfers cost `c`.
+pub fn chain(n: usize, c: f64) -> Graph {
+    let devices = vec![
+        Device {
+            name: "fast".into(),
+            memory_bytes: u64::MAX,
+        },
+        Device {
+            name: "slow".into(),
+            memory_bytes: u64::MAX,
+        },
+    ];
+    let ops = (0..n)
+        .map(|i| Op {
+            name: format!("c{i}"),
+            time_ms: vec![1.0, 3.0],
+            memory_bytes: 1,
+            kernel: None,
+        })
+        .collect();
+    let edges = (1..n)
+        .map(|i| Edge {
+            src: OpId::from(i - 1),
+            dst: OpId::from(i),
+            transfer_ms: vec![0.0, c, c, 0.0],
+            tensor: None,
+        })
+        .collect();
+    Graph::new("chain", devices, ops, edges).unwrap()
+}
