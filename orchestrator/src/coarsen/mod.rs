@@ -671,7 +671,7 @@ mod tests {
 
     #[test]
     fn a_decomposed_layer_norm_is_one_row_reduction_kernel() {
-        let axes = ("axes", AttrValue::Ints(vec![-1]));
+        let axes = || ("axes", AttrValue::Ints(vec![-1]));
         let m = import(
             ModelBuilder::new("ln")
                 .input("x", F, &[1, 4, 8])
@@ -679,10 +679,10 @@ mod tests {
                 .initializer("eps", &[])
                 .initializer("gamma", &[8])
                 .initializer("beta", &[8])
-                .node_with("ReduceMean", &["x"], &["mu"], &[axes.clone()])
+                .node_with("ReduceMean", &["x"], &["mu"], &[axes()])
                 .node("Sub", &["x", "mu"], &["d"])
                 .node("Pow", &["d", "two"], &["p"])
-                .node_with("ReduceMean", &["p"], &["v"], &[axes])
+                .node_with("ReduceMean", &["p"], &["v"], &[axes()])
                 .node("Add", &["v", "eps"], &["ve"])
                 .node("Sqrt", &["ve"], &["sd"])
                 .node("Div", &["d", "sd"], &["n"])

@@ -1,6 +1,7 @@
 //! `moirai coarsen`: import ONNX models, coarsen them for a backend, print what was fused,
 //! and (with a cluster) write the costed profiled-graph/v1 JSON.
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -62,6 +63,15 @@ fn measure(path: &Path, backend: Backend, opts: &ImportOptions) -> Result<Measur
     })
 }
 
+/// Writes to stdout; `Ok(false)` once the reader has gone (`| head`), which is not an error.
+fn emit(text: &str) -> Result<bool> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
 pub fn run(args: CoarsenArgs) -> Result<()> {
     let backend = backend(&args.onnx.backend)?;
     let opts = import_options(&args.onnx.dim)?;
@@ -76,19 +86,23 @@ pub fn run(args: CoarsenArgs) -> Result<()> {
         .as_deref()
         .map(|c| cluster::load_cluster(c, args.onnx.boards.as_deref()))
         .transpose()?;
-    let profiles = args.onnx.profiles.as_deref().map(load_profiles).transpose()?;
+    let profiles = args
+        .onnx
+        .profiles
+        .as_deref()
+        .map(load_profiles)
+        .transpose()?;
 
     if args.table {
-        println!("| model | backend | nodes before | after | ratio | folded shape-only | distinct signatures | import + coarsen (ms) |");
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        emit("| model | backend | nodes before | after | ratio | folded shape-only | distinct signatures | import + coarsen (ms) |\n|---|---|---:|---:|---:|---:|---:|---:|\n")?;
     }
     for path in &args.model {
         let m = measure(path, backend, &opts)?;
         let c = &m.coarse;
         let sigs = c.distinct_signatures();
-        if args.table {
-            println!(
-                "| {} | {} | {} | {} | {:.1}% | {} | {} | {:.1} |",
+        let text = if args.table {
+            format!(
+                "| {} | {} | {} | {} | {:.1}% | {} | {} | {:.1} |\n",
                 c.model,
                 backend,
                 c.nodes_before,
@@ -97,10 +111,10 @@ pub fn run(args: CoarsenArgs) -> Result<()> {
                 c.folded_nodes,
                 sigs.len(),
                 m.import_ms + m.coarsen_ms
-            );
+            )
         } else {
-            println!(
-                "{} ({backend}): {} nodes -> {} fused ops ({:.1}%), {} shape-only nodes folded, {} distinct kernel signatures; import {:.1} ms, coarsen {:.1} ms",
+            let mut t = format!(
+                "{} ({backend}): {} nodes -> {} fused ops ({:.1}%), {} shape-only nodes folded, {} distinct kernel signatures; import {:.1} ms, coarsen {:.1} ms\n",
                 c.model,
                 c.nodes_before,
                 c.groups.len(),
@@ -111,9 +125,11 @@ pub fn run(args: CoarsenArgs) -> Result<()> {
                 m.coarsen_ms
             );
             for (sig, count) in &sigs {
-                println!("  {count:>3}x {}", sig.key());
+                t.push_str(&format!("  {count:>3}x {}\n", sig.key()));
             }
-        }
+            t
+        };
+        let reader_left = !emit(&text)?;
         if let Some(cluster) = &cluster {
             let (graph, sources) = costing::costed_graph(c, cluster, profiles.as_ref())?;
             eprintln!(
@@ -130,6 +146,9 @@ pub fn run(args: CoarsenArgs) -> Result<()> {
                 std::fs::write(out, format::to_json(&graph))
                     .with_context(|| format!("cannot write {}", out.display()))?;
             }
+        }
+        if reader_left {
+            break;
         }
     }
     Ok(())
