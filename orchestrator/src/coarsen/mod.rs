@@ -11,6 +11,7 @@
 //! its own: which ONNX nodes it runs, which constant nodes it folds, the tensors entering and
 //! leaving it, the initializers it needs, and its [`KernelSignature`] (what agents profile).
 
+pub mod chain;
 pub mod merge;
 pub mod rules;
 
@@ -172,10 +173,15 @@ pub fn coarsen(model: &OnnxModel, rules: &RuleSet) -> CoarseGraph {
         .collect();
 
     let mut gg = GroupGraph::new(compute.len(), edges);
+    let consumers = model.consumers();
     let ctx = Ctx {
         model,
         compute: &compute,
         makes_output: &makes_output,
+        is_static: &is_static,
+        consumers: &consumers,
+        graph_outputs: &graph_outputs,
+        chains_only: rules.chains_only,
     };
     loop {
         let mut changed = false;
@@ -188,7 +194,7 @@ pub fn coarsen(model: &OnnxModel, rules: &RuleSet) -> CoarseGraph {
             break;
         }
     }
-    let coarse = build(model, rules.backend, &is_static, &compute, &gg);
+    let coarse = build(&ctx, rules.backend, &gg);
     debug!(
         before = coarse.nodes_before,
         after = coarse.groups.len(),
@@ -201,9 +207,35 @@ struct Ctx<'a> {
     model: &'a OnnxModel,
     compute: &'a [usize],
     makes_output: &'a [bool],
+    is_static: &'a [bool],
+    consumers: &'a HashMap<&'a str, Vec<usize>>,
+    graph_outputs: &'a HashSet<&'a str>,
+    chains_only: bool,
 }
 
 impl Ctx<'_> {
+    /// Whether a tensor is a constant: an initializer or the output of a folded node.
+    fn is_const(&self, t: &str) -> bool {
+        match self.model.tensors.get(t).map(|i| &i.origin) {
+            Some(TensorOrigin::Initializer(_)) => true,
+            Some(TensorOrigin::Node(p)) => self.is_static[*p],
+            _ => false,
+        }
+    }
+
+    /// The chain steps of a set of model nodes, if they form one.
+    fn chain(&self, nodes: &[usize]) -> Option<Vec<chain::Step>> {
+        let inside: HashSet<usize> = nodes.iter().copied().collect();
+        let leaves = |t: &str| {
+            self.graph_outputs.contains(t)
+                || self.consumers.get(t).is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| !self.is_static[*c] && !inside.contains(c))
+                })
+        };
+        chain::steps(self.model, nodes, &|t| self.is_const(t), &leaves)
+    }
+
     fn ops<'m>(&'m self, gg: &GroupGraph, g: usize) -> Vec<&'m str> {
         gg.members(g)
             .iter()
@@ -218,14 +250,25 @@ impl Ctx<'_> {
         {
             return false;
         }
-        match rule.condition {
+        let allowed = match rule.condition {
             Condition::Acyclic => true,
             Condition::SoleConsumer => {
                 gg.succ(p).len() == 1
                     && gg.succ(p).contains(&c)
                     && !gg.members(p).iter().any(|&m| self.makes_output[m])
             }
+        };
+        if !allowed || !self.chains_only {
+            return allowed;
         }
+        let mut nodes: Vec<usize> = gg
+            .members(p)
+            .iter()
+            .chain(gg.members(c))
+            .map(|&m| self.compute[m])
+            .collect();
+        nodes.sort_unstable();
+        self.chain(&nodes).is_some()
     }
 }
 
@@ -254,16 +297,10 @@ fn push_unique(v: &mut Vec<String>, s: &str) {
     }
 }
 
-fn build(
-    model: &OnnxModel,
-    backend: Backend,
-    is_static: &[bool],
-    compute: &[usize],
-    gg: &GroupGraph,
-) -> CoarseGraph {
+fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
+    let (model, is_static, compute) = (ctx.model, ctx.is_static, ctx.compute);
+    let (consumers, graph_outputs) = (ctx.consumers, ctx.graph_outputs);
     let order = gg.topo_order();
-    let consumers = model.consumers();
-    let graph_outputs: HashSet<&str> = model.outputs.iter().map(String::as_str).collect();
     let mut group_of_node = vec![usize::MAX; model.nodes.len()];
     for (gi, &g) in order.iter().enumerate() {
         for &c in gg.members(g) {
@@ -277,11 +314,7 @@ fn build(
         })
     };
     let bytes = |t: &str| model.shape(t).map(|s| s.bytes() as u64).unwrap_or(0);
-    let is_const = |t: &str| match model.tensors.get(t).map(|i| &i.origin) {
-        Some(TensorOrigin::Initializer(_)) => true,
-        Some(TensorOrigin::Node(p)) => is_static[*p],
-        _ => false,
-    };
+    let is_const = |t: &str| ctx.is_const(t);
 
     let mut groups = Vec::with_capacity(order.len());
     for (gi, &g) in order.iter().enumerate() {
@@ -343,16 +376,43 @@ fn build(
             .iter()
             .map(|&n| model.nodes[n].op_type.as_str())
             .collect();
+        // On chain backends the signature is the chain as the kernel generator wires it
+        // (GELU as one op, operands in chain order); elsewhere the ONNX nodes and the
+        // boundary tensors in order of first use.
+        let steps = if ctx.chains_only {
+            ctx.chain(&nodes)
+        } else {
+            None
+        };
+        let (sig_nodes, sig_inputs): (Vec<FusedNode>, Vec<TensorShape>) = match &steps {
+            Some(steps) => (
+                steps
+                    .iter()
+                    .map(|s| FusedNode {
+                        op_type: s.op_type.clone(),
+                        attrs: s.attrs.clone(),
+                    })
+                    .collect(),
+                steps
+                    .iter()
+                    .flat_map(|s| s.operands.iter().map(|t| shape(t)))
+                    .collect(),
+            ),
+            None => (
+                nodes
+                    .iter()
+                    .map(|&n| FusedNode {
+                        op_type: model.nodes[n].op_type.clone(),
+                        attrs: model.nodes[n].attrs.clone(),
+                    })
+                    .collect(),
+                boundary.iter().map(|t| shape(t)).collect(),
+            ),
+        };
         let signature = KernelSignature {
             class: classify(&ops),
-            nodes: nodes
-                .iter()
-                .map(|&n| FusedNode {
-                    op_type: model.nodes[n].op_type.clone(),
-                    attrs: model.nodes[n].attrs.clone(),
-                })
-                .collect(),
-            inputs: boundary.iter().map(|t| shape(t)).collect(),
+            nodes: sig_nodes,
+            inputs: sig_inputs,
             outputs: outputs.iter().map(|t| shape(t)).collect(),
             flops: nodes.iter().map(|&n| model.nodes[n].flops).sum(),
             bytes: boundary.iter().chain(&outputs).map(|t| bytes(t)).sum(),
@@ -517,11 +577,13 @@ mod tests {
         assert_eq!(m.shape("g").unwrap().dims, [1, 4, 16]);
         for b in Backend::ALL {
             let c = coarsen(&m, &RuleSet::for_backend(b));
-            assert_eq!(
-                patterns(&c),
-                ["MatMul+Add+Div+Erf+Add+Mul+Mul", "MatMul"],
-                "{b}"
-            );
+            assert_eq!(c.groups[0].nodes.len(), 7, "{b}");
+            // The wgpu kernel generator sees the GELU as one op.
+            let head = match b {
+                Backend::Wgpu => "MatMul+Add+Gelu",
+                Backend::Cpu => "MatMul+Add+Div+Erf+Add+Mul+Mul",
+            };
+            assert_eq!(patterns(&c), [head, "MatMul"], "{b}");
             assert_eq!(c.edges.len(), 1);
             assert_eq!(c.edges[0].tensor, "g");
             // Two matmuls of 2*4*8*16 FLOPs plus the epilogue's element-wise work.
@@ -584,6 +646,7 @@ mod tests {
         let only_eltwise = RuleSet {
             backend: Backend::Wgpu,
             fold_static: true,
+            chains_only: false,
             rules: vec![FusionRule {
                 name: "eltwise-chain",
                 producer: GroupPattern::Ops(ELTWISE),
@@ -602,6 +665,20 @@ mod tests {
     }
 
     #[test]
+    fn the_wgpu_signature_lists_operands_in_chain_order() {
+        let m = import(feed_forward());
+        let c = coarsen(&m, &RuleSet::wgpu());
+        let dims: Vec<&[usize]> = c.groups[0]
+            .signature
+            .inputs
+            .iter()
+            .map(|t| t.dims.as_slice())
+            .collect();
+        // MatMul(x, w1), then Add's other operand b1; the GELU constants stay inside.
+        assert_eq!(dims, [&[1, 4, 8][..], &[8, 16], &[16]]);
+    }
+
+    #[test]
     fn without_a_detour_the_same_eltwise_pair_fuses() {
         let m = import(
             ModelBuilder::new("chain")
@@ -613,13 +690,25 @@ mod tests {
                 .output("s", F, &[4, 4])
                 .output("t", F, &[4, 4]),
         );
-        // wgpu: multi-output fusion, all three in one shader writing s and t.
-        let c = coarsen(&m, &RuleSet::wgpu());
+        // Multi-output fusion: all three in one kernel writing s and t.
+        let multi_output = RuleSet {
+            backend: Backend::Cpu,
+            fold_static: true,
+            chains_only: false,
+            rules: vec![FusionRule {
+                name: "eltwise-chain",
+                producer: GroupPattern::Ops(ELTWISE),
+                consumer: GroupPattern::Ops(ELTWISE),
+                condition: Condition::Acyclic,
+            }],
+        };
+        let c = coarsen(&m, &multi_output);
         assert_eq!(patterns(&c), ["Relu+Add+Sigmoid"]);
         assert_eq!(c.groups[0].outputs, ["s", "t"]);
-        // cpu: r has two readers, so it stays a kernel of its own.
-        let c = coarsen(&m, &RuleSet::cpu());
-        assert_eq!(c.groups.len(), 3);
+        // The shipped rules keep r, which has two readers, a kernel of its own.
+        for b in Backend::ALL {
+            assert_eq!(coarsen(&m, &RuleSet::for_backend(b)).groups.len(), 3, "{b}");
+        }
     }
 
     #[test]
@@ -690,10 +779,15 @@ mod tests {
                 .node("Add", &["g", "beta"], &["y"])
                 .output("y", F, &[1, 4, 8]),
         );
-        for b in Backend::ALL {
-            let c = coarsen(&m, &RuleSet::for_backend(b));
-            assert_eq!(c.groups.len(), 1, "{b}: {:?}", patterns(&c));
-            assert_eq!(c.groups[0].signature.class, KernelClass::LayerNorm);
+        let c = coarsen(&m, &RuleSet::cpu());
+        assert_eq!(c.groups.len(), 1, "{:?}", patterns(&c));
+        assert_eq!(c.groups[0].signature.class, KernelClass::LayerNorm);
+        // Not a chain (x and d are read twice): the wgpu generator cannot take it whole.
+        let c = coarsen(&m, &RuleSet::wgpu());
+        assert!(c.groups.len() > 1);
+        for g in &c.groups {
+            let nodes: Vec<usize> = g.nodes.clone();
+            assert!(nodes.windows(2).all(|w| w[0] < w[1]));
         }
     }
 

@@ -8,14 +8,15 @@
 //!
 //! What the rule sets encode is what each backend fuses at run time:
 //! - `wgpu` (the agent's WGSL kernels): a matmul or conv kernel takes an element-wise
-//!   epilogue (bias, batch norm, activations, residual add); element-wise chains become one
-//!   shader, which may also write an intermediate another kernel reads (multi-output);
-//!   reductions with their element-wise neighbours become one row-reduction kernel
-//!   (LayerNorm, Softmax, and their decomposed forms); a copy, gather, LayerNorm or Softmax
-//!   kernel applies a trailing element-wise op as it writes.
-//! - `cpu` (tract-like CPU kernels): matmul and conv epilogues limited to bias, batch norm,
-//!   residual add and the activations the kernels implement; element-wise chains and row
-//!   reductions only when the intermediate has no other reader.
+//!   epilogue (bias, batch norm, activations, Erf-based GELU, residual add); element-wise
+//!   chains become one shader; a copy, gather, LayerNorm or Softmax kernel applies a trailing
+//!   element-wise op as it writes. Every group must stay a single-output chain the kernel
+//!   generator can wire ([`RuleSet::chains_only`]), so decomposed LayerNorm/Softmax patterns,
+//!   which are not chains, stay apart on wgpu.
+//! - `cpu` (tract-like CPU kernels, which run any subgraph): matmul and conv epilogues
+//!   limited to bias, batch norm, residual add and the activations the kernels implement;
+//!   element-wise chains and row reductions (LayerNorm, Softmax, also decomposed) when the
+//!   intermediate has no other reader.
 //!
 //! On both, shape-only work (Shape, Constant, Identity of a weight, Gather on a shape, ...)
 //! is computed once at load time ([`RuleSet::fold_static`]), and views (Reshape, Flatten,
@@ -223,6 +224,10 @@ pub struct RuleSet {
     /// Fold shape-only subgraphs (everything computable from constants and static shapes)
     /// into the kernels that read them: they run once, at load time.
     pub fold_static: bool,
+    /// Only form groups the agent's generated kernels can express: a chain with one output,
+    /// where each op after the first reads the previous op's output plus tensors from outside
+    /// the kernel (Erf-based GELU counting as one op). See [`super::chain`].
+    pub chains_only: bool,
     pub rules: Vec<FusionRule>,
 }
 
@@ -274,7 +279,7 @@ impl RuleSet {
                 Ops(WGPU_MATMUL_EPILOGUE),
                 SoleConsumer,
             ),
-            rule("eltwise-chain", Ops(ELTWISE), Ops(ELTWISE), Acyclic),
+            rule("eltwise-chain", Ops(ELTWISE), Ops(ELTWISE), SoleConsumer),
             rule(
                 "row-reduction",
                 Ops(ROW_REDUCTION),
@@ -297,6 +302,7 @@ impl RuleSet {
         RuleSet {
             backend: Backend::Wgpu,
             fold_static: true,
+            chains_only: true,
             rules,
         }
     }
@@ -328,6 +334,7 @@ impl RuleSet {
         RuleSet {
             backend: Backend::Cpu,
             fold_static: true,
+            chains_only: false,
             rules,
         }
     }
