@@ -1,4 +1,5 @@
 //! Workspace integration tests, one module per area.
 
 mod boards;
+mod coarsen;
 mod import;

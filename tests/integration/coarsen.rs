@@ -1,0 +1,127 @@
+//! The whole chain on the shared models: import, coarsen for both backends, cost on both
+//! example clusters, export, read back and place.
+
+use std::path::{Path, PathBuf};
+
+use moirai_orchestrator::cluster;
+use moirai_orchestrator::coarsen::{coarsen, rules::RuleSet};
+use moirai_orchestrator::costing::costed_graph;
+use moirai_orchestrator::import::onnx::{self, ImportOptions};
+use moirai_orchestrator::place::{self, Method, PlaceOptions};
+use moirai_shared::cost::ProfileTable;
+use moirai_shared::device::{Backend, Cluster};
+use moirai_shared::graph::format;
+
+use super::import::{shared_models, MODELS};
+
+fn clusters() -> Vec<Cluster> {
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../firmware-configs/clusters"
+    ));
+    ["edge-4.toml", "mixed-gpu-cpu.toml"]
+        .iter()
+        .map(|f| cluster::load_cluster(&dir.join(f), None).unwrap())
+        .collect()
+}
+
+fn model(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.onnx"))
+}
+
+#[test]
+fn resnet50_and_bert_coarsen_below_the_required_ratios() {
+    let Some(dir) = shared_models() else { return };
+    for (name, limit) in [("resnet50", 0.6), ("bert_base", 0.5)] {
+        let m = onnx::load(&model(&dir, name), &ImportOptions::default()).unwrap();
+        for b in Backend::ALL {
+            let c = coarsen(&m, &RuleSet::for_backend(b));
+            assert!(
+                c.ratio() <= limit,
+                "{name} on {b}: {} -> {} ({:.1}%)",
+                c.nodes_before,
+                c.groups.len(),
+                100.0 * c.ratio()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_shared_model_coarsens_costs_exports_and_plans_on_both_clusters() {
+    let Some(dir) = shared_models() else { return };
+    let clusters = clusters();
+    for (name, _, _) in MODELS {
+        let m = onnx::load(&model(&dir, name), &ImportOptions::default()).unwrap();
+        for b in Backend::ALL {
+            let c = coarsen(&m, &RuleSet::for_backend(b));
+            assert!(c.groups.len() < c.nodes_before, "{name}/{b}");
+            // Every ONNX node is either in exactly one group or folded as shape-only work.
+            let mut seen = vec![0; m.nodes.len()];
+            for g in &c.groups {
+                for &n in &g.nodes {
+                    seen[n] += 1;
+                }
+            }
+            assert_eq!(
+                seen.iter().filter(|&&s| s == 1).count() + c.folded_nodes,
+                m.nodes.len(),
+                "{name}/{b}"
+            );
+            assert!(seen.iter().all(|&s| s <= 1));
+            for cl in &clusters {
+                let (g, sources) = costed_graph(&c, cl, None).unwrap();
+                assert_eq!(sources.profiled, 0);
+                assert_eq!(g.num_ops(), c.groups.len());
+                assert!(g.edges().iter().all(|e| e.tensor.is_some()));
+                assert!(g.ops().iter().all(|o| o.kernel.is_some()));
+                let back = format::from_json(&format::to_json(&g))
+                    .unwrap_or_else(|e| panic!("{name}/{b}/{}: {e}", cl.name));
+                assert_eq!(back.num_ops(), g.num_ops());
+                // Plan with the cheap baseline; the Moirai placer is exercised elsewhere.
+                let bound = place::lower_bound(&back);
+                let plan = place::place(&back, Method::Heft, &PlaceOptions::default(), &bound)
+                    .unwrap_or_else(|e| panic!("{name}/{b}/{}: {e}", cl.name));
+                assert!(plan.makespan() > 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn one_tensor_read_by_several_groups_keeps_one_name_per_edge() {
+    let Some(dir) = shared_models() else { return };
+    let m = onnx::load(&model(&dir, "bert_base"), &ImportOptions::default()).unwrap();
+    let c = coarsen(&m, &RuleSet::wgpu());
+    // A LayerNorm output feeds the Q, K and V projections and the residual add.
+    let mut by_tensor = std::collections::HashMap::<&str, Vec<usize>>::new();
+    for e in &c.edges {
+        by_tensor.entry(&e.tensor).or_default().push(e.src);
+    }
+    let fan_out = by_tensor.values().map(Vec::len).max().unwrap_or(0);
+    assert!(fan_out >= 4, "largest fan-out {fan_out}");
+    for srcs in by_tensor.values() {
+        assert!(
+            srcs.iter().all(|&s| s == srcs[0]),
+            "a tensor has one producer"
+        );
+    }
+}
+
+#[test]
+fn measured_profiles_replace_the_roofline() {
+    let Some(dir) = shared_models() else { return };
+    let m = onnx::load(&model(&dir, "resnet18"), &ImportOptions::default()).unwrap();
+    let c = coarsen(&m, &RuleSet::wgpu());
+    let cl = &clusters()[0];
+    let board = &cl.devices()[0].board.name;
+    let mut p = ProfileTable::new();
+    for g in &c.groups {
+        p.insert(board, &g.signature.key(), 0.125);
+    }
+    let (g, sources) = costed_graph(&c, cl, Some(&p)).unwrap();
+    assert_eq!(sources.profiled, c.groups.len());
+    assert_eq!(sources.roofline, c.groups.len() * (cl.len() - 1));
+    assert!(g.ops().iter().all(|o| o.time_ms[0] == 0.125));
+    assert!(g.ops().iter().any(|o| o.time_ms[1] != 0.125));
+}
