@@ -35,10 +35,10 @@ use thiserror::Error;
 /// Why a cluster or board file was refused; each names the file and the entry at fault.
 #[derive(Debug, Error)]
 pub enum ClusterError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Toml { path: PathBuf, message: String },
@@ -68,8 +68,8 @@ pub enum ClusterError {
     },
     #[error("{path}: the cluster has several devices but no `[links] default`")]
     NoDefaultLink { path: PathBuf },
-    #[error("{path}: {source}")]
-    Invalid { path: PathBuf, source: DeviceError },
+    #[error("{path}: {error}")]
+    Invalid { path: PathBuf, error: DeviceError },
 }
 
 #[derive(Deserialize)]
@@ -113,18 +113,18 @@ struct LinkEntry {
 
 /// Reads one board file.
 pub fn load_board(path: &Path) -> Result<BoardSpec, ClusterError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ClusterError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    BoardSpec::from_toml(&text, &path.display().to_string()).map_err(|source| match source {
+    BoardSpec::from_toml(&text, &path.display().to_string()).map_err(|e| match e {
         DeviceError::Toml { message, .. } => ClusterError::Toml {
             path: path.to_path_buf(),
             message,
         },
-        source => ClusterError::Invalid {
+        error => ClusterError::Invalid {
             path: path.to_path_buf(),
-            source,
+            error,
         },
     })
 }
@@ -146,9 +146,9 @@ fn board_candidates(name: &str, cluster_path: &Path, boards_dir: Option<&Path>) 
 
 /// Reads a cluster file and the board files it names.
 pub fn load_cluster(path: &Path, boards_dir: Option<&Path>) -> Result<Cluster, ClusterError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ClusterError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_cluster(&text, path, boards_dir)
 }
@@ -198,7 +198,7 @@ pub fn parse_cluster(
                         })?;
                 board
                     .validate()
-                    .map_err(|source| ClusterError::Invalid { path: p(), source })?;
+                    .map_err(|error| ClusterError::Invalid { path: p(), error })?;
                 board
             }
             _ => {
@@ -244,7 +244,7 @@ pub fn parse_cluster(
         None => return Err(ClusterError::NoDefaultLink { path: p() }),
     };
     Cluster::new(name, devices, default, &links)
-        .map_err(|source| ClusterError::Invalid { path: p(), source })
+        .map_err(|error| ClusterError::Invalid { path: p(), error })
 }
 
 #[cfg(test)]

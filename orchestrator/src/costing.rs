@@ -27,8 +27,8 @@ pub enum CostingError {
     Cluster(#[from] ClusterError),
     #[error("profile table {path}: {message}")]
     Profiles { path: String, message: String },
-    #[error("model `{model}`: the costed graph is invalid: {source}")]
-    Graph { model: String, source: GraphError },
+    #[error("model `{model}`: the costed graph is invalid: {error}")]
+    Graph { model: String, error: GraphError },
 }
 
 /// How many op times came from profiles and how many from the roofline.
@@ -88,10 +88,10 @@ pub fn costed_graph(
         })
         .collect();
     let devices: Vec<Device> = cluster.graph_devices();
-    let graph = Graph::new(coarse.model.clone(), devices, ops, edges).map_err(|source| {
+    let graph = Graph::new(coarse.model.clone(), devices, ops, edges).map_err(|error| {
         CostingError::Graph {
             model: coarse.model.clone(),
-            source,
+            error,
         }
     })?;
     Ok((graph, sources))

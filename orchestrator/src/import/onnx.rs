@@ -45,10 +45,10 @@ pub struct ImportOptions {
 /// initializer at fault.
 #[derive(Debug, Error)]
 pub enum ImportError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a valid ONNX protobuf (truncated or corrupted?): {message}")]
     Decode { path: PathBuf, message: String },
@@ -273,9 +273,9 @@ impl OnnxModel {
 /// Reads and imports an ONNX file.
 #[instrument(skip(opts), fields(path = %path.display()))]
 pub fn load(path: &Path, opts: &ImportOptions) -> Result<OnnxModel, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+    let bytes = std::fs::read(path).map_err(|error| ImportError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
