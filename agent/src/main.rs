@@ -95,6 +95,9 @@ enum Command {
         /// Threads for tract's matmul (0: as many as cores).
         #[arg(long, default_value_t = 0)]
         tract_threads: usize,
+        /// Only the kernels whose label contains this text.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// List the adapters wgpu sees, best first.
     Adapters,
@@ -264,9 +267,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             warmups,
             runs,
             tract_threads,
+            only,
         } => {
             let ctx = open_device(&device)?;
-            bench::run(ctx.as_ref(), n, warmups, runs, tract_threads)?;
+            bench::run(
+                ctx.as_ref(),
+                n,
+                warmups,
+                runs,
+                tract_threads,
+                only.as_deref(),
+            )?;
             Ok(())
         }
     }
@@ -296,6 +307,25 @@ fn load_signatures(
     }
 }
 
-fn model_signatures(_model: &std::path::Path) -> anyhow::Result<Vec<KernelSignature>> {
-    bail!("importing ONNX models needs the coarsener (moirai-orchestrator), not linked yet")
+/// The distinct fused-kernel signatures of a model, as the orchestrator's coarsener emits them
+/// for the wgpu backend.
+fn model_signatures(model: &std::path::Path) -> anyhow::Result<Vec<KernelSignature>> {
+    use moirai_orchestrator::coarsen::coarsen_file;
+    use moirai_orchestrator::import::onnx::ImportOptions;
+    use moirai_shared::device::Backend as Target;
+    let (_, coarse) = coarsen_file(model, Target::Wgpu, &ImportOptions::default())
+        .with_context(|| format!("importing {}", model.display()))?;
+    let sigs: Vec<KernelSignature> = coarse
+        .distinct_signatures()
+        .into_iter()
+        .map(|(s, _)| s.clone())
+        .collect();
+    println!(
+        "{}: {} ONNX nodes -> {} fused kernels, {} distinct signatures",
+        model.display(),
+        coarse.nodes_before,
+        coarse.groups.len(),
+        sigs.len()
+    );
+    Ok(sigs)
 }

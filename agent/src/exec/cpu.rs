@@ -171,6 +171,14 @@ pub fn onnx_model(
             // the Transpose's input shape.
             let target: Vec<usize> = if i == last {
                 out_dims.clone()
+            } else if sig.nodes[..=i].iter().all(|n| is_view(&n.op_type))
+                && matches!(
+                    sig.nodes.get(i + 1).map(|n| n.op_type.as_str()),
+                    Some("MatMul" | "Gemm")
+                )
+            {
+                crate::kernels::matmul_operand_dims(sig, &wiring)
+                    .ok_or_else(|| unsupported(format!("cannot infer the shape after {op}")))?
             } else if sig.nodes[i + 1..]
                 .iter()
                 .all(|n| n.op_type == "Transpose" || is_view(&n.op_type))

@@ -36,7 +36,10 @@ impl GpuTensor {
     }
 }
 
+// UNIFORM too: CPU adapters read some matmul operands through uniform bindings (see
+// kernels::matmul).
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::UNIFORM)
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 

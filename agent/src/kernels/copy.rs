@@ -33,6 +33,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
             Ok(Plan {
                 steps: Vec::new(),
                 aliases: vec![Some(first_in)],
+                consts: Vec::new(),
             })
         }
         [i] => {
@@ -120,6 +121,7 @@ fn transpose(
     Ok(Plan {
         steps: vec![one_step(sh, &body, n)],
         aliases: vec![None],
+        consts: Vec::new(),
     })
 }
 
@@ -155,6 +157,7 @@ fn concat(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, KernelEr
     Ok(Plan {
         steps,
         aliases: vec![None],
+        consts: Vec::new(),
     })
 }
 
@@ -190,5 +193,6 @@ fn split(sig: &KernelSignature, input: usize) -> Result<Plan, KernelError> {
     Ok(Plan {
         steps,
         aliases: vec![None; sig.outputs.len()],
+        consts: Vec::new(),
     })
 }

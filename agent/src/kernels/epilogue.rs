@@ -168,5 +168,6 @@ pub fn plan_eltwise(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan
     Ok(Plan {
         steps: vec![(src, slots, groups)],
         aliases: vec![None; sig.outputs.len()],
+        consts: Vec::new(),
     })
 }

@@ -13,7 +13,7 @@ use std::fmt::Write;
 use moirai_shared::kernel::KernelSignature;
 
 use super::shader::{broadcast_index, lit, Shader};
-use super::{attr_f, attr_i, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan};
+use super::{attr_f, attr_i, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan, Slot};
 use crate::gpu::buffers::GpuDType;
 use crate::gpu::context::GpuContext;
 
@@ -42,15 +42,25 @@ pub enum Layout {
 impl Tiles {
     /// Tiles for an `m x k x n` product (times `batch`). Large products get 4x8 blocks per
     /// invocation; thin ones (a single row, as in classifier heads) spread columns instead.
-    pub fn for_shape(batch: usize, m: usize, k: usize, n: usize, cpu_adapter: bool) -> Tiles {
+    pub fn for_shape(batch: usize, m: usize, _k: usize, n: usize, cpu_adapter: bool) -> Tiles {
         if let Some(t) = std::env::var("MOIRAI_MATMUL_TILES")
             .ok()
             .and_then(|s| Tiles::parse(&s))
         {
             return t;
         }
-        if cpu_adapter {
-            return Tiles::lane_columns(batch, m, k, n);
+        // CPU adapters (lavapipe): every storage load is a loop over the SIMD lanes, so the
+        // biggest register block that does not spill too much wins; 128 invocations per
+        // workgroup amortise llvmpipe's per-workgroup cost. Measured on a 2-core EPYC, N=512:
+        // 8x16x8x16 5.6, 8x16x8x8 4.1, 8x8x8x8 3.5, 4x8x8x8 2.4 GFLOP/s.
+        if cpu_adapter && m >= 64 && n >= 64 {
+            return Tiles {
+                layout: Layout::Blocked,
+                tm: 8,
+                tn: 16,
+                wx: 8,
+                wy: 16,
+            };
         }
         if m <= 2 {
             return Tiles {
@@ -79,34 +89,6 @@ impl Tiles {
             }
         }
         t
-    }
-
-    /// CPU adapters: rows shared per workgroup, columns across lanes.
-    fn lane_columns(batch: usize, m: usize, _k: usize, n: usize) -> Tiles {
-        let wx = if n >= 64 {
-            64
-        } else {
-            n.next_power_of_two().max(8)
-        };
-        let tn = if n >= 4 * wx {
-            4
-        } else if n >= 2 * wx {
-            2
-        } else {
-            1
-        };
-        let mut tm = if m >= 8 { 8 } else { m.max(1) };
-        // Enough workgroups for every core.
-        while tm > 1 && batch * m.div_ceil(tm) * n.div_ceil(tn * wx) < 16 {
-            tm /= 2;
-        }
-        Tiles {
-            layout: Layout::LaneColumns,
-            tm,
-            tn,
-            wx,
-            wy: 1,
-        }
     }
 
     /// "TMxTNxWXxWY" (blocked), e.g. "4x8x8x8", or "lTMxTNxWX" (lane columns).
@@ -226,6 +208,15 @@ pub fn plan(
         return Err(unsupported(sig, format!("batch of {batch}")));
     }
 
+    let b_shared = b_batch.iter().product::<usize>() == 1;
+    // Opt-in: measured slower than the blocked layout on Mesa 22.3 lavapipe (1.2 vs 3.9
+    // GFLOP/s at N=1024), kept for newer llvmpipe builds where uniform loads are cheaper.
+    let want_uniform = std::env::var("MOIRAI_MATMUL_UNIFORM_A").is_ok_and(|v| v != "0");
+    if want_uniform && !ta && !tb && b_shared && k % 4 == 0 && n % 4 == 0 {
+        if let Some(p) = plan_uniform_a(sig, wiring, ctx, batch * m, k, n, gemm)? {
+            return Ok(p);
+        }
+    }
     let t = Tiles::for_shape(batch, m, k, n, ctx.is_software());
     let lanes = t.layout == Layout::LaneColumns;
     let mut sh = Shader::default();
@@ -418,5 +409,174 @@ pub fn plan(
     Ok(Plan {
         steps: vec![(wgsl, slots, groups)],
         aliases: vec![None],
+        consts: Vec::new(),
     })
+}
+
+/// Rows of A per uniform binding, and rows per invocation, for the uniform-A layout.
+const UA_TM: usize = 8;
+const UA_WX: usize = 16;
+
+/// Matmul variant for CPU adapters (opt-in, `MOIRAI_MATMUL_UNIFORM_A=1`): A is read through
+/// uniform bindings, B as vec4.
+///
+/// On llvmpipe every storage-buffer load is a loop over the SIMD lanes, while a uniform load
+/// at a workgroup-uniform offset is one scalar load broadcast to all lanes. Here all
+/// invocations of a workgroup share the same `UA_TM` rows of A (so every A load is uniform)
+/// and each invocation owns four adjacent columns (one vec4 load of B per k). A is bound in
+/// row blocks that fit the uniform binding limit, one dispatch per block; a small constant
+/// buffer tells each dispatch its first row. Requires B without batch (shared weights),
+/// neither operand transposed, and K and N multiples of 4; `None` when the limits do not
+/// allow a block.
+#[allow(clippy::too_many_arguments)]
+fn plan_uniform_a(
+    sig: &KernelSignature,
+    wiring: &[Vec<usize>],
+    ctx: &GpuContext,
+    rows: usize,
+    k: usize,
+    n: usize,
+    gemm: bool,
+) -> Result<Option<Plan>, KernelError> {
+    let head = &sig.nodes[0];
+    let w = &wiring[0];
+    let (ia, ib) = (w[0], w[1]);
+    let out = &sig.outputs[0].dims;
+    let max_bytes = (ctx.limits.max_uniform_buffer_binding_size as usize).min(1 << 16);
+    let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+    let tm = UA_TM.min(rows.max(1));
+    let mut block = (max_bytes / (4 * k)) / tm * tm;
+    block = block.min(rows.div_ceil(tm) * tm);
+    while block > 0 && (block * k * 4) % align != 0 {
+        block -= tm;
+    }
+    if block == 0 {
+        return Ok(None);
+    }
+    let alpha = if gemm {
+        attr_f(head, "alpha", 1.0)
+    } else {
+        1.0
+    };
+    let beta = if gemm { attr_f(head, "beta", 1.0) } else { 1.0 };
+    let nv = n / 4;
+    let wx = UA_WX.min(nv.next_power_of_two()).max(1);
+    // One shader per distinct block height (all blocks but perhaps the last share one).
+    let shader = |rows_here: usize| -> Result<(String, Vec<Slot>), KernelError> {
+        let mut sh = Shader::default();
+        sh.uniform_range("amat", ia, rows_here * k / 4);
+        let bn = sh.input(ib, GpuDType::F32);
+        sh.constants("cb");
+        let bias = if gemm && w.len() > 2 {
+            let ic = w[2];
+            let cn = sh.input(ic, gpu_dtype(sig.inputs[ic].dtype));
+            let ix = broadcast_index(&[rows, n], &sig.inputs[ic].dims, "idx");
+            format!(" + {} * f32({cn}[{ix}])", lit(beta))
+        } else {
+            String::new()
+        };
+        let scale = if alpha == 1.0 {
+            String::new()
+        } else {
+            format!("{} * ", lit(alpha))
+        };
+        epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
+        let y = sh.output(0, GpuDType::F32);
+        let mut src = String::new();
+        let _ = writeln!(
+            src,
+            "@compute @workgroup_size({wx}, 1, 1)\nfn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{"
+        );
+        let _ = writeln!(src, "    let base = cb[0];");
+        let _ = writeln!(src, "    let r0 = wid.y * {tm}u;");
+        let _ = writeln!(src, "    let qq = wid.x * {wx}u + lid.x;");
+        let _ = writeln!(src, "    let q = min(qq, {}u);", nv - 1);
+        for i in 0..tm {
+            let _ = writeln!(
+                src,
+                "    let a{i}o = min(r0 + {i}u, {}u) * {}u;",
+                rows_here - 1,
+                k / 4
+            );
+            let _ = writeln!(src, "    var c{i} = vec4<f32>(0.0);");
+        }
+        let _ = writeln!(src, "    for (var k4 = 0u; k4 < {}u; k4++) {{", k / 4);
+        let _ = writeln!(src, "        let kb = k4 * {n}u + q;");
+        for kk in 0..4 {
+            let _ = writeln!(src, "        let b{kk} = {bn}[kb + {}u];", kk * nv);
+        }
+        for i in 0..tm {
+            let _ = writeln!(src, "        let a{i} = amat[a{i}o + k4];");
+            for kk in 0..4 {
+                let comp = ["x", "y", "z", "w"][kk];
+                let _ = writeln!(
+                    src,
+                    "        c{i} = fma(vec4<f32>(a{i}.{comp}), b{kk}, c{i});"
+                );
+            }
+        }
+        let _ = writeln!(src, "    }}");
+        let _ = writeln!(src, "    if (qq >= {nv}u) {{ return; }}");
+        for i in 0..tm {
+            let _ = writeln!(
+                src,
+                "    if (r0 + {i}u < {rows_here}u) {{\n        let i0 = (base + r0 + {i}u) * {n}u + q * 4u;"
+            );
+            for (e, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                let _ = writeln!(
+                    src,
+                    "        {{ let idx = i0 + {e}u; {y}[idx] = epi({scale}c{i}.{comp}{bias}, idx); }}"
+                );
+            }
+            let _ = writeln!(src, "    }}");
+        }
+        let _ = writeln!(src, "}}");
+        let (wgsl, slots) = sh.finish(&src);
+        // B rows are read four floats at a time: same buffer, vec4 elements.
+        let wgsl = wgsl.replace(
+            &format!("var<storage, read> {bn}: array<f32>;"),
+            &format!("var<storage, read> {bn}: array<vec4<f32>>;"),
+        );
+        Ok((wgsl, slots))
+    };
+    let mut steps = Vec::new();
+    let mut consts = Vec::new();
+    let mut cache: Vec<(usize, String, Vec<Slot>)> = Vec::new();
+    let mut r = 0;
+    while r < rows {
+        let here = block.min(rows - r);
+        let (src, slots) = match cache.iter().find(|c| c.0 == here) {
+            Some((_, s, sl)) => (s.clone(), sl.clone()),
+            None => {
+                let (s, sl) = shader(here)?;
+                cache.push((here, s.clone(), sl.clone()));
+                (s, sl)
+            }
+        };
+        let j = consts.len();
+        consts.push(vec![r as u32]);
+        let slots: Vec<Slot> = slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::UniformRange { input, size, .. } => Slot::UniformRange {
+                    input,
+                    offset: (4 * r * k) as u64,
+                    size: size.min((4 * here * k) as u64),
+                },
+                Slot::Const(_) => Slot::Const(j),
+                other => other,
+            })
+            .collect();
+        steps.push((
+            src,
+            slots,
+            [nv.div_ceil(wx) as u32, here.div_ceil(tm) as u32, 1],
+        ));
+        r += here;
+    }
+    Ok(Some(Plan {
+        steps,
+        aliases: vec![None],
+        consts,
+    }))
 }

@@ -59,6 +59,14 @@ pub enum KernelError {
 pub enum Slot {
     Input(usize),
     Output(usize),
+    /// Bytes `offset..offset + size` of input `i`, bound as a uniform buffer.
+    UniformRange {
+        input: usize,
+        offset: u64,
+        size: u64,
+    },
+    /// Constant `j` of the plan (a small storage buffer the kernel owns).
+    Const(usize),
 }
 
 /// One compute dispatch of a kernel: a pipeline, its bindings in binding order, and the grid.
@@ -74,6 +82,8 @@ pub struct Plan {
     pub steps: Vec<(String, Vec<Slot>, [u32; 3])>,
     /// `Some(i)`: output is a view of input `i` (reshapes), no dispatch writes it.
     pub aliases: Vec<Option<usize>>,
+    /// Small constant buffers ([`Slot::Const`]), e.g. the row block a dispatch handles.
+    pub consts: Vec<Vec<u32>>,
 }
 
 /// A fused kernel compiled for one device and one signature.
@@ -81,6 +91,7 @@ pub struct GpuKernel {
     pub signature: KernelSignature,
     steps: Vec<Step>,
     aliases: Vec<Option<usize>>,
+    consts: Vec<wgpu::Buffer>,
 }
 
 /// A kernel with its buffers bound: replays without any allocation.
@@ -116,24 +127,48 @@ impl GpuKernel {
     pub fn build(ctx: &GpuContext, sig: &KernelSignature) -> Result<Self, KernelError> {
         let plan = generate(sig, ctx)?;
         let mut steps = Vec::with_capacity(plan.steps.len());
+        // Steps often share a shader (one per row block): compile each source once.
+        let mut compiled: Vec<(String, wgpu::ComputePipeline)> = Vec::new();
         for (i, (wgsl, bindings, groups)) in plan.steps.into_iter().enumerate() {
-            tracing::trace!(kernel = %sig.pattern(), step = i, %wgsl, "generated WGSL");
-            let pipeline = ctx
-                .pipeline(&format!("{}#{i}", sig.pattern()), &wgsl)
-                .map_err(|source| KernelError::Gpu {
-                    kernel: sig.pattern(),
-                    source,
-                })?;
+            let pipeline = match compiled.iter().find(|(src, _)| *src == wgsl) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    tracing::trace!(kernel = %sig.pattern(), step = i, %wgsl, "generated WGSL");
+                    let p = ctx
+                        .pipeline(&format!("{}#{i}", sig.pattern()), &wgsl)
+                        .map_err(|source| KernelError::Gpu {
+                            kernel: sig.pattern(),
+                            source,
+                        })?;
+                    compiled.push((wgsl, p.clone()));
+                    p
+                }
+            };
             steps.push(Step {
                 pipeline,
                 bindings,
                 groups,
             });
         }
+        let consts = plan
+            .consts
+            .iter()
+            .map(|words| {
+                let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("moirai-kernel-const"),
+                    size: (4 * words.len()).max(16) as u64,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(words));
+                b
+            })
+            .collect();
         Ok(GpuKernel {
             signature: sig.clone(),
             steps,
             aliases: plan.aliases,
+            consts,
         })
     }
 
@@ -194,6 +229,16 @@ impl GpuKernel {
                         resource: match slot {
                             Slot::Input(i) => inputs[*i].buffer.as_entire_binding(),
                             Slot::Output(o) => outputs[*o].buffer.as_entire_binding(),
+                            Slot::UniformRange {
+                                input,
+                                offset,
+                                size,
+                            } => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &inputs[*input].buffer,
+                                offset: *offset,
+                                size: wgpu::BufferSize::new(*size),
+                            }),
+                            Slot::Const(j) => self.consts[*j].as_entire_binding(),
                         },
                     })
                     .collect();
@@ -338,6 +383,54 @@ pub(crate) fn axis(a: i64, rank: usize) -> usize {
     }
 }
 
+/// Ops that only reinterpret a shape.
+pub fn is_view_op(op: &str) -> bool {
+    matches!(
+        op,
+        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity"
+    )
+}
+
+/// For a signature whose leading views feed a MatMul/Gemm: the shape of the matmul's first
+/// operand (the views' output), derived from the other operand and the output.
+pub fn matmul_operand_dims(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Option<Vec<usize>> {
+    let views = sig
+        .nodes
+        .iter()
+        .take_while(|n| is_view_op(&n.op_type))
+        .count();
+    let head = sig.nodes.get(views)?;
+    let x = &sig.inputs[*wiring.first()?.first()?];
+    let b = &sig.inputs[*wiring.get(views)?.first()?].dims;
+    let n_x = x.elements();
+    let dims = match head.op_type.as_str() {
+        "Gemm" => {
+            let k = if attr_i(head, "transB", 0) != 0 {
+                *b.get(1)?
+            } else {
+                *b.first()?
+            };
+            if k == 0 || n_x % k != 0 {
+                return None;
+            }
+            if attr_i(head, "transA", 0) != 0 {
+                vec![k, n_x / k]
+            } else {
+                vec![n_x / k, k]
+            }
+        }
+        "MatMul" => {
+            let k = *b.get(b.len().checked_sub(2)?)?;
+            let out = &sig.outputs.first()?.dims;
+            let mut d = out[..out.len().checked_sub(1)?].to_vec();
+            d.push(k);
+            d
+        }
+        _ => return None,
+    };
+    (dims.iter().product::<usize>() == n_x).then_some(dims)
+}
+
 fn generate(sig: &KernelSignature, ctx: &GpuContext) -> Result<Plan, KernelError> {
     if sig.nodes.is_empty() {
         return Err(malformed(sig, "no nodes"));
@@ -348,7 +441,41 @@ fn generate(sig: &KernelSignature, ctx: &GpuContext) -> Result<Plan, KernelError
     let wiring = wire(sig)?;
     let head = sig.nodes[0].op_type.as_str();
     match sig.class {
-        KernelClass::MatMul => matmul::plan(sig, &wiring, ctx),
+        KernelClass::MatMul => {
+            let views = sig
+                .nodes
+                .iter()
+                .take_while(|n| is_view_op(&n.op_type))
+                .count();
+            if views == 0 {
+                return matmul::plan(sig, &wiring, ctx);
+            }
+            // Reshape/Flatten in front of the matmul: the matmul reads the same bytes under
+            // the shape it needs, so run it on a signature without them and map the inputs back.
+            let dims = matmul_operand_dims(sig, &wiring)
+                .ok_or_else(|| unsupported(sig, "a view before the matmul with unknown shape"))?;
+            let x = wiring[0][0];
+            let mut map = vec![x];
+            for w in &wiring[views..] {
+                map.extend(w.iter().copied());
+            }
+            let mut inner = sig.clone();
+            inner.nodes = sig.nodes[views..].to_vec();
+            inner.inputs = map.iter().map(|&j| sig.inputs[j].clone()).collect();
+            inner.inputs[0].dims = dims;
+            let w2 = wire(&inner)?;
+            let mut p = matmul::plan(&inner, &w2, ctx)?;
+            for (_, slots, _) in &mut p.steps {
+                for s in slots.iter_mut() {
+                    match s {
+                        Slot::Input(i) => *i = map[*i],
+                        Slot::UniformRange { input, .. } => *input = map[*input],
+                        _ => {}
+                    }
+                }
+            }
+            Ok(p)
+        }
         KernelClass::Conv => conv::plan(sig, &wiring),
         KernelClass::Pool => pool::plan(sig, &wiring),
         KernelClass::Eltwise => epilogue::plan_eltwise(sig, &wiring),

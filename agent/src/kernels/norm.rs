@@ -88,5 +88,6 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     Ok(Plan {
         steps: vec![(src, slots, [gx as u32, gy as u32, 1])],
         aliases: vec![None],
+        consts: Vec::new(),
     })
 }

@@ -104,5 +104,6 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     Ok(Plan {
         steps: vec![(src, slots, grid)],
         aliases: vec![None],
+        consts: Vec::new(),
     })
 }

@@ -69,6 +69,31 @@ impl Shader {
         name
     }
 
+    /// Declares `name` as a uniform `array<vec4<f32>, vec4s>` bound to a byte range of input
+    /// `input` (the range is set per dispatch; see [`Slot::UniformRange`]).
+    pub fn uniform_range(&mut self, name: &str, input: usize, vec4s: usize) {
+        let b = self.slots.len();
+        let _ = writeln!(
+            self.decls,
+            "@group(0) @binding({b}) var<uniform> {name}: array<vec4<f32>, {vec4s}>;"
+        );
+        self.slots.push(Slot::UniformRange {
+            input,
+            offset: 0,
+            size: 16 * vec4s as u64,
+        });
+    }
+
+    /// Declares `name` as a read-only `array<u32>` bound to plan constant 0 (set per dispatch).
+    pub fn constants(&mut self, name: &str) {
+        let b = self.slots.len();
+        let _ = writeln!(
+            self.decls,
+            "@group(0) @binding({b}) var<storage, read> {name}: array<u32>;"
+        );
+        self.slots.push(Slot::Const(0));
+    }
+
     /// The complete WGSL source with `main` as given.
     pub fn finish(self, main: &str) -> (String, Vec<Slot>) {
         (

@@ -349,3 +349,39 @@ fn gather_embedding_with_position_add() {
         f32s(&[&[1, 9, 12]]),
     ));
 }
+
+#[test]
+fn views_in_front_of_a_matmul_are_free_reinterpretations() {
+    check(&sig(
+        C::MatMul,
+        vec![
+            node("Flatten", &[("axis", A::Int(1))]),
+            node("Gemm", &[("transB", A::Int(1))]),
+        ],
+        f32s(&[&[2, 12, 1, 1], &[10, 12], &[10]]),
+        f32s(&[&[2, 10]]),
+    ));
+    check(&sig(
+        C::MatMul,
+        vec![node("Reshape", &[]), node("MatMul", &[]), node("Add", &[])],
+        vec![
+            TensorShape {
+                dims: vec![1, 6, 2, 8],
+                dtype: DType::F32,
+            },
+            TensorShape {
+                dims: vec![3],
+                dtype: DType::I64,
+            },
+            TensorShape {
+                dims: vec![16, 12],
+                dtype: DType::F32,
+            },
+            TensorShape {
+                dims: vec![12],
+                dtype: DType::F32,
+            },
+        ],
+        f32s(&[&[1, 6, 12]]),
+    ));
+}

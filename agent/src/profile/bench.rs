@@ -267,7 +267,9 @@ pub fn run(
     warmups: usize,
     runs: usize,
     tract_threads: usize,
+    only: Option<&str>,
 ) -> Result<(), ProfileError> {
+    let picked = |label: &str| only.is_none_or(|o| label.contains(o));
     let header = || {
         println!(
             "{:<24} {:<26} {:>10} {:>8} {:>9} {:>8}  clock",
@@ -284,7 +286,7 @@ pub fn run(
         let p = Profiler::new(Backend::Gpu(ctx), warmups, runs);
         println!("\n== wgpu kernels on {} ==", ctx.info.name);
         header();
-        for (label, s) in suite(mm) {
+        for (label, s) in suite(mm).into_iter().filter(|(l, _)| picked(l)) {
             match p.profile(&s) {
                 Ok(r) => row(label, &shape_of(&s), &r),
                 Err(e) => println!("{label:<24} FAILED: {e}"),
@@ -301,8 +303,8 @@ pub fn run(
     header();
     let cpu = Profiler::new(Backend::Cpu, warmups, runs);
     let mm_sig = matmul(mm);
-    let mut configs = vec![1];
-    if threads > 1 {
+    let mut configs = if picked("matmul") { vec![1] } else { vec![] };
+    if threads > 1 && !configs.is_empty() {
         configs.push(threads);
     }
     for th in configs {
@@ -322,7 +324,7 @@ pub fn run(
         tract_linalg::multithread::Executor::SingleThread,
     );
     if ctx.is_none() {
-        for (label, s) in suite(mm).into_iter().skip(1) {
+        for (label, s) in suite(mm).into_iter().skip(1).filter(|(l, _)| picked(l)) {
             match cpu.profile(&s) {
                 Ok(r) => row(label, &shape_of(&s), &r),
                 Err(e) => println!("{label:<24} FAILED: {e}"),
