@@ -225,7 +225,7 @@ impl BoardSpec {
 
     /// Memory available to the ops placed on the board, in bytes.
     pub fn usable_memory_bytes(&self) -> u64 {
-        self.memory.usable_mb * 1024 * 1024
+        self.memory.usable_mb.saturating_mul(1024 * 1024)
     }
 }
 
