@@ -188,7 +188,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runs,
             fusion_test,
         } => {
-            let sigs = load_signatures(model.as_deref(), signatures.as_deref())?;
+            // A board runs the kernels its backend's fusion rules make.
+            let rules = match device.backend {
+                BackendArg::Wgpu => moirai_shared::device::Backend::Wgpu,
+                BackendArg::Cpu => moirai_shared::device::Backend::Cpu,
+            };
+            let sigs = load_signatures(model.as_deref(), signatures.as_deref(), rules)?;
             let ctx = open_device(&device)?;
             let backend = match &ctx {
                 Some(c) => Backend::Gpu(c),
@@ -295,6 +300,7 @@ fn short(s: &str, n: usize) -> String {
 fn load_signatures(
     model: Option<&std::path::Path>,
     signatures: Option<&std::path::Path>,
+    rules: moirai_shared::device::Backend,
 ) -> anyhow::Result<Vec<KernelSignature>> {
     match (model, signatures) {
         (_, Some(p)) => {
@@ -302,18 +308,20 @@ fn load_signatures(
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
         }
-        (Some(m), None) => model_signatures(m),
+        (Some(m), None) => model_signatures(m, rules),
         (None, None) => bail!("give --model M.onnx or --signatures S.json"),
     }
 }
 
 /// The distinct fused-kernel signatures of a model, as the orchestrator's coarsener emits them
-/// for the wgpu backend.
-fn model_signatures(model: &std::path::Path) -> anyhow::Result<Vec<KernelSignature>> {
+/// with `rules`' fusion rules.
+fn model_signatures(
+    model: &std::path::Path,
+    rules: moirai_shared::device::Backend,
+) -> anyhow::Result<Vec<KernelSignature>> {
     use moirai_orchestrator::coarsen::coarsen_file;
     use moirai_orchestrator::import::onnx::ImportOptions;
-    use moirai_shared::device::Backend as Target;
-    let (_, coarse) = coarsen_file(model, Target::Wgpu, &ImportOptions::default())
+    let (_, coarse) = coarsen_file(model, rules, &ImportOptions::default())
         .with_context(|| format!("importing {}", model.display()))?;
     let sigs: Vec<KernelSignature> = coarse
         .distinct_signatures()

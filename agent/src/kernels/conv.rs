@@ -2,9 +2,9 @@
 //! (depthwise included), followed by the fused epilogue (bias, folded BatchNormalization,
 //! activation, residual add).
 //!
-//! Each invocation computes `TOC` output channels of one group at one output pixel, so every
-//! input value it loads feeds `TOC` multiply-adds; depthwise convolutions (one output channel
-//! per group) use `TOC = 1`.
+//! Each invocation computes `TOC` output channels of one group at `TP` adjacent output pixels
+//! of a row, so every input value it loads feeds `TOC` multiply-adds and every weight `TP`;
+//! depthwise convolutions (one output channel per group) use `TOC = 1`.
 
 use std::fmt::Write;
 
@@ -111,7 +111,11 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         1
     };
     let bpg = ocpg.div_ceil(toc);
-    let threads = nb * groups * bpg * oh * ow;
+    // Output pixels per invocation along a row: each input value loaded feeds `toc` channels
+    // and each weight feeds `tp` pixels.
+    let tp = if ow >= 4 { 4 } else { ow.max(1) };
+    let owb = ow.div_ceil(tp);
+    let threads = nb * groups * bpg * oh * owb;
 
     let mut sh = Shader::default();
     let xn = sh.input(w[0], GpuDType::F32);
@@ -135,15 +139,17 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     );
     let _ = writeln!(
         s,
-        "    let ox = t % {ow}u;\n    let oy = (t / {ow}u) % {oh}u;"
+        "    let ox0 = (t % {owb}u) * {tp}u;\n    let oy = (t / {owb}u) % {oh}u;"
     );
-    let _ = writeln!(s, "    let blk = (t / {}u) % {}u;", oh * ow, groups * bpg);
-    let _ = writeln!(s, "    let n = t / {}u;", oh * ow * groups * bpg);
+    let _ = writeln!(s, "    let blk = (t / {}u) % {}u;", oh * owb, groups * bpg);
+    let _ = writeln!(s, "    let n = t / {}u;", oh * owb * groups * bpg);
     let _ = writeln!(s, "    let g = blk / {bpg}u;");
     let _ = writeln!(s, "    let oc0 = g * {ocpg}u + (blk % {bpg}u) * {toc}u;");
     let _ = writeln!(s, "    let oc_end = g * {ocpg}u + {ocpg}u;");
     for i in 0..toc {
-        let _ = writeln!(s, "    var a{i} = 0.0;");
+        for p in 0..tp {
+            let _ = writeln!(s, "    var a{i}_{p} = 0.0;");
+        }
         let _ = writeln!(
             s,
             "    let wo{i} = min(oc0 + {i}u, oc_end - 1u) * {};",
@@ -159,35 +165,51 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     );
     let _ = writeln!(s, "        if (iy < 0 || iy >= {h}) {{ continue; }}");
     let _ = writeln!(s, "        for (var kx = 0u; kx < {kw}u; kx++) {{");
-    let _ = writeln!(
-        s,
-        "            let ix = i32(ox * {}u + kx * {}u) - {};",
-        win.stride[1], win.dilation[1], win.pad[1]
-    );
-    let _ = writeln!(s, "            if (ix < 0 || ix >= {wd}) {{ continue; }}");
-    let _ = writeln!(s, "            var xi = xb + u32(iy) * {wd}u + u32(ix);");
+    // Pixels outside the input (padding) or past the row end read a clamped address and
+    // contribute zero.
+    for p in 0..tp {
+        let _ = writeln!(
+            s,
+            "            let ix{p} = i32((ox0 + {p}u) * {}u + kx * {}u) - {};",
+            win.stride[1], win.dilation[1], win.pad[1]
+        );
+        let _ = writeln!(
+            s,
+            "            let m{p} = select(0.0, 1.0, ix{p} >= 0 && ix{p} < {wd} && ox0 + {p}u < {ow}u);"
+        );
+        let _ = writeln!(
+            s,
+            "            var xi{p} = xb + u32(iy) * {wd}u + u32(clamp(ix{p}, 0, {}));",
+            wd as i64 - 1
+        );
+    }
     let _ = writeln!(s, "            var wi = ky * {kw}u + kx;");
     let _ = writeln!(s, "            for (var ic = 0u; ic < {cpg}u; ic++) {{");
-    let _ = writeln!(s, "                let v = {xn}[xi];");
-    for i in 0..toc {
-        let _ = writeln!(s, "                a{i} = fma(v, {wn}[wo{i} + wi], a{i});");
+    for p in 0..tp {
+        let _ = writeln!(s, "                let v{p} = {xn}[xi{p}] * m{p};");
     }
-    let _ = writeln!(
-        s,
-        "                xi += {}u;\n                wi += {}u;",
-        h * wd,
-        kh * kw
-    );
+    for i in 0..toc {
+        let _ = writeln!(s, "                let w{i} = {wn}[wo{i} + wi];");
+        for p in 0..tp {
+            let _ = writeln!(s, "                a{i}_{p} = fma(v{p}, w{i}, a{i}_{p});");
+        }
+    }
+    for p in 0..tp {
+        let _ = writeln!(s, "                xi{p} += {}u;", h * wd);
+    }
+    let _ = writeln!(s, "                wi += {}u;", kh * kw);
     let _ = writeln!(s, "            }}\n        }}\n    }}");
     for i in 0..toc {
         let b = match &bias {
             Some(bn) => format!(" + {bn}[oc0 + {i}u]"),
             None => String::new(),
         };
-        let _ = writeln!(
-            s,
-            "    if (oc0 + {i}u < oc_end) {{ let idx = ((n * {oc}u + oc0 + {i}u) * {oh}u + oy) * {ow}u + ox; {y}[idx] = epi(a{i}{b}, idx); }}"
-        );
+        for p in 0..tp {
+            let _ = writeln!(
+                s,
+                "    if (oc0 + {i}u < oc_end && ox0 + {p}u < {ow}u) {{ let idx = ((n * {oc}u + oc0 + {i}u) * {oh}u + oy) * {ow}u + ox0 + {p}u; {y}[idx] = epi(a{i}_{p}{b}, idx); }}"
+            );
+        }
     }
     let _ = writeln!(s, "}}");
     let (src, slots) = sh.finish(&s);
