@@ -179,11 +179,10 @@ pub fn onnx_model(
             {
                 crate::kernels::matmul_operand_dims(sig, &wiring)
                     .ok_or_else(|| unsupported(format!("cannot infer the shape after {op}")))?
-            } else if sig.nodes[i + 1..]
-                .iter()
-                .all(|n| n.op_type == "Transpose" || is_view(&n.op_type))
-                && sig.nodes[i + 1].op_type == "Transpose"
-                && i + 2 == sig.nodes.len()
+            } else if sig.nodes[i + 1].op_type == "Transpose"
+                && sig.nodes[i + 2..]
+                    .iter()
+                    .all(|n| crate::kernels::epilogue::is_elementwise(&n.op_type))
             {
                 let t = &sig.nodes[i + 1];
                 let rank = out_dims.len();

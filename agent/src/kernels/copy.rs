@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use moirai_shared::kernel::KernelSignature;
 
+use super::epilogue::{self, is_elementwise};
 use super::shader::{grid_1d, strides, Shader};
 use super::{attr_i, attr_is, axis, gpu_dtype, malformed, unsupported, KernelError, Plan};
 
@@ -19,9 +20,24 @@ fn is_view(op: &str) -> bool {
 }
 
 pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, KernelError> {
-    let movers: Vec<usize> = (0..sig.nodes.len())
+    // Element-wise ops after the data movement (e.g. the attention scale after a head
+    // transpose) become its epilogue.
+    let tail = sig
+        .nodes
+        .iter()
+        .rev()
+        .take_while(|n| is_elementwise(&n.op_type) && !is_view(&n.op_type))
+        .count();
+    let core = sig.nodes.len() - tail;
+    let movers: Vec<usize> = (0..core)
         .filter(|&i| !is_view(&sig.nodes[i].op_type))
         .collect();
+    if tail > 0 && !matches!(movers[..], [i] if sig.nodes[i].op_type == "Transpose") {
+        return Err(unsupported(
+            sig,
+            "element-wise ops after a copy other than Transpose",
+        ));
+    }
     let first_in = *wiring[0]
         .first()
         .ok_or_else(|| malformed(sig, "copy without input"))?;
@@ -39,7 +55,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         [i] => {
             let node = &sig.nodes[i];
             let views_before = i > 0;
-            let views_after = i + 1 < sig.nodes.len();
+            let views_after = i + 1 < core;
             if views_before && views_after {
                 return Err(unsupported(
                     sig,
@@ -47,7 +63,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
                 ));
             }
             match node.op_type.as_str() {
-                "Transpose" => transpose(sig, i, views_before, first_in),
+                "Transpose" => transpose(sig, wiring, i, views_before, first_in),
                 "Concat" if i == 0 => concat(sig, wiring),
                 "Split" if i == 0 => split(sig, first_in),
                 other => Err(unsupported(sig, format!("{other} in a copy chain"))),
@@ -68,6 +84,7 @@ fn one_step(sh: Shader, body: &str, n: usize) -> (String, Vec<super::Slot>, [u32
 
 fn transpose(
     sig: &KernelSignature,
+    wiring: &[Vec<usize>],
     at: usize,
     views_before: bool,
     input: usize,
@@ -108,6 +125,10 @@ fn transpose(
     let ds = strides(&dst_dims);
     let mut sh = Shader::default();
     let x = sh.input(input, gpu_dtype(sig.inputs[input].dtype));
+    let tail = &sig.nodes[at + 1..];
+    if !tail.is_empty() {
+        epilogue::emit(sig, tail, &wiring[at + 1..], &dst_dims, &mut sh)?;
+    }
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let mut body = String::from("    var s = 0u;\n");
     for (o, &p) in perm.iter().enumerate() {
@@ -117,7 +138,11 @@ fn transpose(
             ds[o], dst_dims[o], ss[p]
         );
     }
-    let _ = writeln!(body, "    {y}[idx] = {x}[s];");
+    if tail.is_empty() {
+        let _ = writeln!(body, "    {y}[idx] = {x}[s];");
+    } else {
+        let _ = writeln!(body, "    {y}[idx] = epi(f32({x}[s]), idx);");
+    }
     Ok(Plan {
         steps: vec![one_step(sh, &body, n)],
         aliases: vec![None],

@@ -30,6 +30,10 @@ pub fn is_elementwise(op: &str) -> bool {
             | "Identity"
             | "Dropout"
             | "Cast"
+            | "Flatten"
+            | "Reshape"
+            | "Squeeze"
+            | "Unsqueeze"
             | "Add"
             | "Sub"
             | "Mul"
@@ -85,7 +89,10 @@ pub fn emit(
             "Neg" => "v = -v;".into(),
             "Abs" => "v = abs(v);".into(),
             "Reciprocal" => "v = 1.0 / v;".into(),
-            "Identity" | "Dropout" | "Cast" => String::new(),
+            // Views keep the flat index: nothing to do per element.
+            "Identity" | "Dropout" | "Cast" | "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => {
+                String::new()
+            }
             "Clip" => {
                 let lo = if ex.is_empty() {
                     lit(attr_f(node, "min", f32::NEG_INFINITY))

@@ -17,11 +17,17 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         .ok_or_else(|| malformed(sig, "pool without input"))?;
     let x = &sig.inputs[i0].dims;
     let out = &sig.outputs[0].dims;
-    if x.len() != 4 || out.len() != 4 {
+    let global = op.starts_with("Global");
+    // A global pool may be followed by a Flatten: its output is then [N, C].
+    if x.len() != 4 || !(out.len() == 4 || (global && out.len() == 2)) {
         return Err(unsupported(sig, format!("{op} other than 2-D")));
     }
     let (h, w) = (x[2], x[3]);
-    let (oh, ow) = (out[2], out[3]);
+    let (oh, ow) = if out.len() == 4 {
+        (out[2], out[3])
+    } else {
+        (1, 1)
+    };
     let n_out: usize = out.iter().product();
     let (win, reduce) = match op {
         "GlobalAveragePool" | "GlobalMaxPool" => (

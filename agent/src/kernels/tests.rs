@@ -385,3 +385,39 @@ fn views_in_front_of_a_matmul_are_free_reinterpretations() {
         f32s(&[&[1, 6, 12]]),
     ));
 }
+
+#[test]
+fn head_transpose_with_scale_and_flattened_global_pool() {
+    check(&sig(
+        C::Copy,
+        vec![
+            node("Reshape", &[]),
+            node("Transpose", &[("perm", A::Ints(vec![0, 2, 1, 3]))]),
+            node("Mul", &[]),
+        ],
+        vec![
+            TensorShape {
+                dims: vec![1, 5, 12],
+                dtype: DType::F32,
+            },
+            TensorShape {
+                dims: vec![4],
+                dtype: DType::I64,
+            },
+            TensorShape {
+                dims: vec![],
+                dtype: DType::F32,
+            },
+        ],
+        f32s(&[&[1, 3, 5, 4]]),
+    ));
+    check(&sig(
+        C::Pool,
+        vec![
+            node("GlobalAveragePool", &[]),
+            node("Flatten", &[("axis", A::Int(1))]),
+        ],
+        f32s(&[&[2, 3, 5, 5]]),
+        f32s(&[&[2, 3]]),
+    ));
+}
