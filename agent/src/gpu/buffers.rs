@@ -59,7 +59,7 @@ impl BufferPool {
     /// A storage buffer of at least `bytes` bytes, contents undefined.
     pub fn acquire(&self, ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
         let size = rounded(bytes);
-        let limit = ctx.limits.max_storage_buffer_binding_size as u64;
+        let limit = ctx.limits.max_storage_buffer_binding_size;
         if size > limit {
             return Err(GpuError::TooLarge { bytes: size, limit });
         }

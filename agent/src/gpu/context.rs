@@ -21,12 +21,8 @@ pub enum GpuError {
     NoAdapter,
     #[error("no adapter name contains {wanted:?}; adapters present: {present}")]
     NoSuchAdapter { wanted: String, present: String },
-    #[error("requesting a device on adapter {adapter:?}: {source}")]
-    RequestDevice {
-        adapter: String,
-        #[source]
-        source: wgpu::RequestDeviceError,
-    },
+    #[error("requesting a device on adapter {adapter:?}: {message}")]
+    RequestDevice { adapter: String, message: String },
     #[error("mapping buffer {label:?} for readback failed: {reason}")]
     Map { label: String, reason: String },
     #[error("device poll failed: {0}")]
@@ -185,9 +181,9 @@ impl GpuContext {
                 ..Default::default()
             })
             .await
-            .map_err(|source| GpuError::RequestDevice {
+            .map_err(|e| GpuError::RequestDevice {
                 adapter: info.name.clone(),
-                source,
+                message: e.to_string(),
             })?;
         info!(adapter = %info.name, backend = ?info.backend, ms = t0.elapsed().as_millis() as u64, "device opened");
         Ok(GpuContext {
@@ -209,7 +205,7 @@ impl GpuContext {
                 .trim()
                 .to_string(),
             timestamps: self.timestamps,
-            max_storage_binding: self.limits.max_storage_buffer_binding_size as u64,
+            max_storage_binding: self.limits.max_storage_buffer_binding_size,
             max_buffer: self.limits.max_buffer_size,
             max_workgroup_invocations: self.limits.max_compute_invocations_per_workgroup,
             max_workgroup_storage: self.limits.max_compute_workgroup_storage_size,

@@ -221,7 +221,7 @@ pub fn plan(
     let lanes = t.layout == Layout::LaneColumns;
     let mut sh = Shader::default();
     // vec4 paths: rows of B (or A) contiguous and a multiple of 4 long.
-    let vb = !lanes && !tb && n % 4 == 0 && t.tn % 4 == 0;
+    let vb = !lanes && !tb && n % 4 == 0 && t.tn.is_multiple_of(4);
     let va = !ta && k % 4 == 0;
     let an = sh.input(ia, GpuDType::F32);
     let bn = sh.input(ib, GpuDType::F32);
@@ -447,7 +447,7 @@ fn plan_uniform_a(
     let tm = UA_TM.min(rows.max(1));
     let mut block = (max_bytes / (4 * k)) / tm * tm;
     block = block.min(rows.div_ceil(tm) * tm);
-    while block > 0 && (block * k * 4) % align != 0 {
+    while block > 0 && !(block * k * 4).is_multiple_of(align) {
         block -= tm;
     }
     if block == 0 {

@@ -410,7 +410,7 @@ pub fn matmul_operand_dims(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Opti
             } else {
                 *b.first()?
             };
-            if k == 0 || n_x % k != 0 {
+            if k == 0 || !n_x.is_multiple_of(k) {
                 return None;
             }
             if attr_i(head, "transA", 0) != 0 {

@@ -103,6 +103,7 @@ fn gemm_with_transposes_alpha_beta_and_relu() {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_sig(
     x: [usize; 4],
     oc: usize,

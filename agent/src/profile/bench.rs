@@ -237,7 +237,7 @@ fn shape_of(s: &KernelSignature) -> String {
 /// Device-to-device copy bandwidth in GB/s (read + write), wall clock, median of `runs`.
 pub fn copy_bandwidth(ctx: &GpuContext, runs: usize) -> f64 {
     let pool = BufferPool::default();
-    let bytes: u64 = (64u64 << 20).min(ctx.limits.max_storage_buffer_binding_size as u64 / 2);
+    let bytes: u64 = (64u64 << 20).min(ctx.limits.max_storage_buffer_binding_size / 2);
     let (Ok(a), Ok(b)) = (pool.acquire(ctx, bytes), pool.acquire(ctx, bytes)) else {
         return 0.0;
     };
