@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub host: Option<BoardSpec>,
     /// Bytes of each link probe.
     pub probe_bytes: usize,
+    /// TLS and login for the broker (default: plain TCP, no login).
+    pub security: moirai_orchestrator::security::ClientSecurity,
 }
 
 impl AgentConfig {
@@ -83,6 +85,7 @@ impl AgentConfig {
             keep_alive: Duration::from_secs(5),
             host: None,
             probe_bytes: 256 << 10,
+            security: Default::default(),
         })
     }
 

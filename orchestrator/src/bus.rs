@@ -162,7 +162,9 @@ mod tests {
             session: 1,
         })
         .unwrap();
-        assert!(decode_inbound(&t, &t.orch_state(), &bytes).unwrap().is_none());
+        assert!(decode_inbound(&t, &t.orch_state(), &bytes)
+            .unwrap()
+            .is_none());
     }
 
     proptest! {

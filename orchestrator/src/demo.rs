@@ -54,7 +54,11 @@ pub struct DemoArgs {
     #[arg(long, default_value = "firmware-configs")]
     pub configs: PathBuf,
     /// Board classes of the first agents, one agent each (file stems in --configs).
-    #[arg(long, value_delimiter = ',', default_value = "raspberry-pi-4,raspberry-pi-5,jetson-nano")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raspberry-pi-4,raspberry-pi-5,jetson-nano"
+    )]
     pub boards: Vec<String>,
     /// Board class of the agent that joins later.
     #[arg(long, default_value = "raspberry-pi-5")]

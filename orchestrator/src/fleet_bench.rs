@@ -44,7 +44,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub joins: usize,
     /// Board classes the agents cycle through.
-    #[arg(long, value_delimiter = ',', default_value = "raspberry-pi-4,raspberry-pi-5,jetson-nano,jetson-orin-nano,x86-cpu")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raspberry-pi-4,raspberry-pi-5,jetson-nano,jetson-orin-nano,x86-cpu"
+    )]
     pub boards: Vec<String>,
     /// Heartbeat period of the simulated agents (ms).
     #[arg(long, default_value_t = 1000)]
@@ -67,7 +71,11 @@ fn peaks(board: &str) -> (f32, f32, u64) {
 enum SimEvent {
     /// The agent published its birth at this instant.
     Born { name: String, at: Instant },
-    Assigned { name: String, epoch: u64, at: Instant },
+    Assigned {
+        name: String,
+        epoch: u64,
+        at: Instant,
+    },
 }
 
 /// One simulated agent until `stop` fires.
@@ -161,7 +169,12 @@ async fn sim_agent(
         }
     }
     if let Ok(b) = encode(&moirai_shared::wire::life::Death { bd_seq }) {
-        let _ = client.try_publish(topics.agent(&name, TopicKind::Death), QoS::AtLeastOnce, false, b);
+        let _ = client.try_publish(
+            topics.agent(&name, TopicKind::Death),
+            QoS::AtLeastOnce,
+            false,
+            b,
+        );
     }
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(300), async {
@@ -192,7 +205,12 @@ pub fn run(args: BenchArgs, fleet: FleetArgs) -> Result<(), BenchError> {
     let dir = std::env::temp_dir().join(format!("moirai-bench-fleet-{}", std::process::id()));
     fleet.store = dir.join("profiles.json");
     let _ = std::fs::remove_file(&fleet.store);
-    let mut opts = fleet.options(model, None, "127.0.0.1:0".parse().expect("address"), serve::placer());
+    let mut opts = fleet.options(
+        model,
+        None,
+        "127.0.0.1:0".parse().expect("address"),
+        serve::placer(),
+    );
     opts.max_connections = args.agents + args.joins + 64;
     let topics = Topics::new(&fleet.prefix).map_err(ServeError::from)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

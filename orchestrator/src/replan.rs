@@ -64,8 +64,8 @@ impl Debouncer {
     /// The collected reasons, when due; disarms.
     pub fn take_if_due(&mut self, now: Duration) -> Option<Vec<String>> {
         let first = self.first?;
-        let due = now.saturating_sub(self.last) >= self.quiet
-            || now.saturating_sub(first) >= self.max;
+        let due =
+            now.saturating_sub(self.last) >= self.quiet || now.saturating_sub(first) >= self.max;
         if !due {
             return None;
         }
@@ -149,7 +149,10 @@ impl Replanner {
         }
         devices.sort_by(|a, b| a.name.cmp(&b.name));
         let (graph, coverage) = self.model.graph_for(&devices, store)?;
-        let warm = self.current.as_ref().map(|cur| warm_start(cur, &graph, &devices));
+        let warm = self
+            .current
+            .as_ref()
+            .map(|cur| warm_start(cur, &graph, &devices));
         let t0 = Instant::now();
         let schedule = (self.place)(&graph, warm.as_ref(), self.time_limit).map_err(|reason| {
             ReplanError::Placer {
@@ -254,7 +257,10 @@ pub fn assignments(
     let mut slots: Vec<_> = s.ops.iter().collect();
     slots.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
     for slot in slots {
-        let Some(a) = agents.get(slot.device as usize).and_then(|n| out.get_mut(n)) else {
+        let Some(a) = agents
+            .get(slot.device as usize)
+            .and_then(|n| out.get_mut(n))
+        else {
             continue;
         };
         let kernel = g.find_op(&slot.id).and_then(|o| g.op(o).kernel.clone());

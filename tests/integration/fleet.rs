@@ -56,7 +56,9 @@ fn start_orchestrator(dir: &Path, port: u16, external: bool) -> Proc {
         cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     }
     let mut p = Proc::spawn("orchestrator", cmd);
-    p.expect(0, SLOW, "a broker connection", |l| l.starts_with("connected to"));
+    p.expect(0, SLOW, "a broker connection", |l| {
+        l.starts_with("connected to")
+    });
     p
 }
 
@@ -100,7 +102,8 @@ impl Fleet {
             orch,
             agents,
         };
-        f.orch.expect(0, SLOW, "a plan on a,b,c", plan_with(&["a", "b", "c"]));
+        f.orch
+            .expect(0, SLOW, "a plan on a,b,c", plan_with(&["a", "b", "c"]));
         for a in &mut f.agents {
             a.expect(0, SLOW, "an assignment", |l| l.contains("assignment"));
         }
@@ -125,7 +128,10 @@ fn bd_seq_of(orch: &mut Proc, name: &str) -> u64 {
     orch.seen
         .iter()
         .rev()
-        .filter(|l| l.starts_with(&format!("joined {name} ")) || l.starts_with(&format!("restarted {name} ")))
+        .filter(|l| {
+            l.starts_with(&format!("joined {name} "))
+                || l.starts_with(&format!("restarted {name} "))
+        })
         .find_map(|l| {
             l.split("bd_seq=")
                 .nth(1)?
@@ -174,7 +180,9 @@ fn the_fleet_on_the_embedded_broker_plans_replans_and_survives_faults() {
     let mut f = Fleet::start(None);
     let o = &mut f.orch;
     assert!(
-        o.count_from(0, |l| l.starts_with("profiling test-fast on a:") && l.contains("kernels")) >= 1,
+        o.count_from(0, |l| l.starts_with("profiling test-fast on a:")
+            && l.contains("kernels"))
+            >= 1,
         "the fast class was profiled:\n{}",
         o.tail(40)
     );
@@ -184,9 +192,19 @@ fn the_fleet_on_the_embedded_broker_plans_replans_and_survives_faults() {
     let slow = f.board("test-slow");
     f.agents.push(start_agent(&f.dir, f.port, "d", &slow));
     let o = &mut f.orch;
-    o.expect(from, SLOW, "a plan on a,b,c,d", plan_with(&["a", "b", "c", "d"]));
+    o.expect(
+        from,
+        SLOW,
+        "a plan on a,b,c,d",
+        plan_with(&["a", "b", "c", "d"]),
+    );
     std::thread::sleep(Duration::from_millis(3 * MAX_DEBOUNCE_MS));
-    assert_eq!(o.count_from(from, is_plan), 1, "one join, one replan:\n{}", o.tail(40));
+    assert_eq!(
+        o.count_from(from, is_plan),
+        1,
+        "one join, one replan:\n{}",
+        o.tail(40)
+    );
     assert_eq!(
         o.count_from(from, |l| l.starts_with("profiling test-slow")),
         0,
@@ -210,14 +228,27 @@ fn the_fleet_on_the_embedded_broker_plans_replans_and_survives_faults() {
     // the heartbeat timeout declares it dead; resumed, it is asked for a birth and rejoins.
     let from = o.seen.len();
     let pid = f.agent("d").pid().to_string();
-    Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
+    Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill -STOP");
     let o = &mut f.orch;
-    o.expect(from, SLOW, "d timing out", |l| l == "left d (heartbeat timeout)");
+    o.expect(from, SLOW, "d timing out", |l| {
+        l == "left d (heartbeat timeout)"
+    });
     o.expect(from, SLOW, "a plan on a,c", plan_with(&["a", "c"]));
-    Command::new("kill").args(["-CONT", &pid]).status().expect("kill -CONT");
+    Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .expect("kill -CONT");
     let o = &mut f.orch;
     o.expect(from, SLOW, "d back", |l| l.starts_with("joined d "));
-    o.expect(from, SLOW, "a plan on a,c,d again", plan_with(&["a", "c", "d"]));
+    o.expect(
+        from,
+        SLOW,
+        "a plan on a,c,d again",
+        plan_with(&["a", "c", "d"]),
+    );
 
     // A restarted agent outranks its predecessor: the old session's Last Will, delivered
     // late, changes nothing.
@@ -243,11 +274,22 @@ fn the_fleet_on_the_embedded_broker_plans_replans_and_survives_faults() {
     inject_death(f.port, "c", old);
     std::thread::sleep(Duration::from_millis(HEARTBEAT_TIMEOUT_MS));
     let o = &mut f.orch;
-    assert_eq!(o.count_from(from, |l| l.starts_with("left c")), 0, "{}", o.tail(30));
-    assert_eq!(o.count_from(from, is_plan), 0, "a stale death replans nothing");
+    assert_eq!(
+        o.count_from(from, |l| l.starts_with("left c")),
+        0,
+        "{}",
+        o.tail(30)
+    );
+    assert_eq!(
+        o.count_from(from, is_plan),
+        0,
+        "a stale death replans nothing"
+    );
     // The death of the current session does count.
     inject_death(f.port, "c", new);
-    o.expect(from, SLOW, "c leaving on its own death", |l| l == "left c (last will)");
+    o.expect(from, SLOW, "c leaving on its own death", |l| {
+        l == "left c (last will)"
+    });
 }
 
 #[test]
@@ -273,14 +315,19 @@ fn the_fleet_works_against_mosquitto_and_heals_after_a_broker_restart() {
     let _broker2 = Proc::spawn("mosquitto-2", cmd);
     wait_for_port(port, Duration::from_secs(10)).expect("mosquitto back");
     let o = &mut f.orch;
-    o.expect(from, SLOW, "the orchestrator reconnecting", |l| l.starts_with("connected to"));
+    o.expect(from, SLOW, "the orchestrator reconnecting", |l| {
+        l.starts_with("connected to")
+    });
     for name in ["a", "b", "c"] {
         o.expect(from, SLOW, "each agent again", |l| {
-            l.starts_with(&format!("restarted {name} ")) || l.starts_with(&format!("joined {name} "))
+            l.starts_with(&format!("restarted {name} "))
+                || l.starts_with(&format!("joined {name} "))
         });
     }
     // Whether the outage outlasted the heartbeat timeout or not, the plan ends on all three.
-    std::thread::sleep(Duration::from_millis(HEARTBEAT_TIMEOUT_MS + MAX_DEBOUNCE_MS));
+    std::thread::sleep(Duration::from_millis(
+        HEARTBEAT_TIMEOUT_MS + MAX_DEBOUNCE_MS,
+    ));
     let o = &mut f.orch;
     let last = o
         .seen
@@ -289,7 +336,11 @@ fn the_fleet_works_against_mosquitto_and_heals_after_a_broker_restart() {
         .find(|l| is_plan(l))
         .cloned()
         .unwrap_or_default();
-    assert!(last.contains(" agents=a,b,c "), "last plan: {last}\n{}", o.tail(40));
+    assert!(
+        last.contains(" agents=a,b,c "),
+        "last plan: {last}\n{}",
+        o.tail(40)
+    );
     for a in &mut f.agents {
         assert!(a.is_running(), "{} exited:\n{}", a.name, a.tail(20));
     }

@@ -1,5 +1,6 @@
 //! Workspace integration tests, one module per area.
 
 mod boards;
+mod fleet;
 mod coarsen;
 mod import;

@@ -1,1 +1,3 @@
 //! support
+
+pub mod fleet;

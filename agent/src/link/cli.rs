@@ -22,6 +22,10 @@ pub enum ConnectError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Link(#[from] link::LinkError),
+    #[error(transparent)]
+    Security(#[from] moirai_orchestrator::security::SecurityError),
+    #[error("broker {0} asks for TLS: give --ca-file (the CA that signed its certificate)")]
+    TlsWithoutCa(String),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -54,16 +58,24 @@ pub struct ConnectArgs {
     /// Bytes of the link probe.
     #[arg(long, default_value_t = 256 << 10)]
     pub probe_bytes: usize,
+    /// TLS (--ca-file) and login (--username, default the agent name; --password-file).
+    #[command(flatten)]
+    pub security: moirai_orchestrator::security::ClientSecurityArgs,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<(), ConnectError> {
-    let (Some(broker), Some(config), Some(name)) = (&args.broker, &args.config, &args.name)
-    else {
+    let (Some(broker), Some(config), Some(name)) = (&args.broker, &args.config, &args.name) else {
         return Err(ConnectError::MissingArgs);
     };
     let board = load_board(config)?;
-    let mut cfg = AgentConfig::new(name, board, broker, &args.prefix)?;
+    // `mqtts://host` means TLS on port 8883 unless a port is given; TLS needs --ca-file.
+    let (tls_scheme, broker_url) = moirai_orchestrator::security::split_tls_scheme(broker);
+    let mut cfg = AgentConfig::new(name, board, &broker_url, &args.prefix)?;
+    cfg.security = args.security.load(Some(name))?;
+    if tls_scheme && !cfg.security.is_tls() {
+        return Err(ConnectError::TlsWithoutCa(broker.clone()));
+    }
     cfg.heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
     cfg.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     cfg.probe_bytes = args.probe_bytes;

@@ -20,7 +20,9 @@ use moirai_shared::kernel::KernelSignature;
 use moirai_shared::wire::assign::Assignment;
 use moirai_shared::wire::life::{Birth, Command, LinkStats, OrchState, Probe};
 use moirai_shared::wire::profile::{ProfileEntry, ProfileFailure, ProfileReport, ProfileRequest};
-use moirai_shared::wire::{decode, encode, truncated, Topic, TopicKind, WireMessage, PROTOCOL_VERSION};
+use moirai_shared::wire::{
+    decode, encode, truncated, Topic, TopicKind, WireMessage, PROTOCOL_VERSION,
+};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -118,6 +120,7 @@ pub async fn run(
     opts.set_clean_session(true);
     opts.set_max_packet_size(9 << 20, 9 << 20);
     opts.set_last_will(will(&life));
+    cfg.security.apply(&mut opts);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
 
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
@@ -377,12 +380,18 @@ fn profile_worker(
             }
             done += 1;
             if entries.len() + failures.len() >= CHUNK && done < total {
-                if chunks.send(flush(&mut entries, &mut failures, done)).is_err() {
+                if chunks
+                    .send(flush(&mut entries, &mut failures, done))
+                    .is_err()
+                {
                     return;
                 }
             }
         }
-        if chunks.send(flush(&mut entries, &mut failures, done)).is_err() {
+        if chunks
+            .send(flush(&mut entries, &mut failures, done))
+            .is_err()
+        {
             return;
         }
     }

@@ -10,7 +10,9 @@ use moirai_shared::wire::life::LinkStats;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Phase {
-    Small { sent: Instant },
+    Small {
+        sent: Instant,
+    },
     Large {
         rtt: Duration,
         sent: Instant,
@@ -23,10 +25,15 @@ enum Phase {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProbeStep {
     /// Publish the tiny probe (QoS 0).
-    SendSmall { seq: u32 },
+    SendSmall {
+        seq: u32,
+    },
     /// Publish the large probe (QoS 1), and report its packet id with
     /// [`LinkProbe::on_large_sent`].
-    SendLarge { seq: u32, bytes: usize },
+    SendLarge {
+        seq: u32,
+        bytes: usize,
+    },
     Done(LinkStats),
 }
 

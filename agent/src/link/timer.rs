@@ -43,7 +43,10 @@ pub fn open(choice: &AdapterChoice, cpu: bool) -> (AdapterInfo, TimerFactory) {
                     name: r.name.clone(),
                     backend: r.backend.to_lowercase(),
                 };
-                return (info, Box::new(move || Box::new(GpuTimer(ctx)) as Box<dyn KernelTimer>));
+                return (
+                    info,
+                    Box::new(move || Box::new(GpuTimer(ctx)) as Box<dyn KernelTimer>),
+                );
             }
             Err(e) => tracing::warn!(error = %e, "no GPU adapter; profiling on the CPU executor"),
         }

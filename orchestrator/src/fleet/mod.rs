@@ -70,8 +70,14 @@ pub enum Inbound {
 /// What the fleet asks the MQTT loop and the planner to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outbound {
-    Command { name: String, command: Command },
-    Profile { name: String, request: ProfileRequest },
+    Command {
+        name: String,
+        command: Command,
+    },
+    Profile {
+        name: String,
+        request: ProfileRequest,
+    },
     /// Progress of a board class's profiling, for progress bars.
     ProfileProgress {
         board: String,
@@ -82,9 +88,13 @@ pub enum Outbound {
     /// The profile store changed: persist it.
     SaveProfiles,
     /// An agent restarted and lost its assignment: send it the current one again.
-    Resend { name: String },
+    Resend {
+        name: String,
+    },
     /// Membership changed and settled: plan again.
-    Replan { reasons: Vec<String> },
+    Replan {
+        reasons: Vec<String>,
+    },
 }
 
 /// Profiling of one board class in progress.
@@ -163,8 +173,7 @@ impl Fleet {
                 match self.registry.on_birth(birth, now) {
                     Transition::Joined => {
                         info!(agent = %name, board = %board, bd_seq, "agent joined");
-                        self.debounce
-                            .note(format!("{name} ({board}) joined"), now);
+                        self.debounce.note(format!("{name} ({board}) joined"), now);
                         self.maybe_profile(&name, &board, now, &mut out);
                     }
                     Transition::Restarted { previous } => {
@@ -444,12 +453,15 @@ mod tests {
         let mut f = Fleet::new(config(), store, vec![sig(4)]);
         let mut total = 0;
         for (i, t) in [0u64, 3, 6].into_iter().enumerate() {
-            let out = f.handle(Inbound::Birth(birth(&format!("a{i}"), "pi5", 1)), t * MS);
+            let out = f.handle(
+                Inbound::Birth(birth(&format!("a{i}"), "pi5", 1)),
+                Duration::from_millis(t),
+            );
             assert!(
                 !out.iter().any(|o| matches!(o, Outbound::Profile { .. })),
                 "a known class is not profiled again"
             );
-            total += replans(&f.tick(t * MS));
+            total += replans(&f.tick(Duration::from_millis(t)));
         }
         assert_eq!(total, 0, "no replan inside the debounce window");
         total += replans(&f.tick(15 * MS));
@@ -509,7 +521,7 @@ mod tests {
                         link: None,
                     },
                 },
-                t * MS,
+                Duration::from_millis(t),
             );
         }
         assert_eq!(replans(&f.tick(150 * MS)), 0, "b died just now; debouncing");
@@ -517,7 +529,10 @@ mod tests {
         let out = f.tick(170 * MS);
         match &out[..] {
             [Outbound::Replan { reasons }] => {
-                assert!(reasons[0].contains("b left (heartbeat timeout)"), "{reasons:?}")
+                assert!(
+                    reasons[0].contains("b left (heartbeat timeout)"),
+                    "{reasons:?}"
+                )
             }
             other => panic!("expected one replan, got {other:?}"),
         }

@@ -4,8 +4,8 @@
 //! profile store has them, the roofline of the agent's board elsewhere, and transfers
 //! through the broker at the agents' measured link rates.
 
-use moirai_shared::graph::{Device, Edge, Op};
 use moirai_shared::cost::resident_bytes;
+use moirai_shared::graph::{Device, Edge, Op};
 use moirai_shared::kernel::KernelSignature;
 use moirai_shared::wire::life::LinkStats;
 use moirai_shared::{Graph, OpId};
@@ -151,16 +151,11 @@ impl FleetModel {
                 memory_bytes: d.memory_bytes,
             })
             .collect();
-        let g = Graph::new(self.name.clone(), devs, ops, edges).map_err(|source| {
-            ReplanError::Graph {
-                devices: k,
-                source,
-            }
-        })?;
+        let g = Graph::new(self.name.clone(), devs, ops, edges)
+            .map_err(|source| ReplanError::Graph { devices: k, source })?;
         Ok((g, cov))
     }
 }
-
 
 impl FleetModel {
     /// The fused groups of a coarsened model as kernels, the tensors between them as edges.

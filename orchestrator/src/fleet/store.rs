@@ -97,7 +97,11 @@ impl ProfileStore {
     }
 
     /// The keys of `keys` with no measurement for `board`.
-    pub fn missing<'k>(&self, board: &str, keys: impl IntoIterator<Item = &'k str>) -> Vec<&'k str> {
+    pub fn missing<'k>(
+        &self,
+        board: &str,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Vec<&'k str> {
         keys.into_iter()
             .filter(|k| self.get(board, k).is_none())
             .collect()
@@ -140,7 +144,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("moirai-store-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(
-            ProfileStore::load(&dir.join("none.json")).unwrap().count("x"),
+            ProfileStore::load(&dir.join("none.json"))
+                .unwrap()
+                .count("x"),
             0
         );
         std::fs::write(dir.join("bad.json"), "{not json").unwrap();

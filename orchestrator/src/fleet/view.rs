@@ -64,7 +64,14 @@ fn rate(bps: u64) -> String {
 /// A plain-text table, one row per agent.
 pub fn table(s: &FleetSnapshot, now_ms: u64) -> String {
     let header = [
-        "agent", "board", "adapter", "state", "bd_seq", "last seen", "ops", "link up/down",
+        "agent",
+        "board",
+        "adapter",
+        "state",
+        "bd_seq",
+        "last seen",
+        "ops",
+        "link up/down",
         "emulated",
     ];
     let mut rows: Vec<[String; 9]> = Vec::new();
@@ -75,7 +82,12 @@ pub fn table(s: &FleetSnapshot, now_ms: u64) -> String {
             a.board.to_string(),
             format!("{} ({})", a.adapter, a.backend),
             if a.online {
-                if a.busy { "online, profiling" } else { "online" }.to_string()
+                if a.busy {
+                    "online, profiling"
+                } else {
+                    "online"
+                }
+                .to_string()
             } else {
                 format!("dead: {}", a.cause)
             },
@@ -118,7 +130,15 @@ pub fn table(s: &FleetSnapshot, now_ms: u64) -> String {
     ));
     out.push_str(&line(header.to_vec()));
     out.push('\n');
-    out.push_str(&line(width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    out.push_str(&line(
+        width
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
     out.push('\n');
     for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
@@ -155,9 +175,18 @@ mod tests {
             }
         });
         let t = table(&s, 1500);
-        assert!(t.starts_with("fleet: 1 online, 2 known; plan epoch 3 (m)"), "{t}");
+        assert!(
+            t.starts_with("fleet: 1 online, 2 known; plan epoch 3 (m)"),
+            "{t}"
+        );
         let alpha = t.lines().find(|l| l.starts_with("alpha")).unwrap();
-        assert!(alpha.contains("online") && alpha.contains(" 11 ") && alpha.contains("2.5 s ago") && alpha.contains(" 7 "), "{alpha}");
+        assert!(
+            alpha.contains("online")
+                && alpha.contains(" 11 ")
+                && alpha.contains("2.5 s ago")
+                && alpha.contains(" 7 "),
+            "{alpha}"
+        );
         let beta = t.lines().find(|l| l.starts_with("beta")).unwrap();
         assert!(beta.contains("dead: last will"), "{beta}");
     }

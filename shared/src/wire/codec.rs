@@ -134,9 +134,6 @@ mod tests {
 
     #[test]
     fn an_empty_payload_is_rejected() {
-        assert!(matches!(
-            decode::<Death>(&[]),
-            Err(WireError::Empty { .. })
-        ));
+        assert!(matches!(decode::<Death>(&[]), Err(WireError::Empty { .. })));
     }
 }

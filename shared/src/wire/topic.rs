@@ -198,10 +198,7 @@ mod tests {
             t.agent("a", TopicKind::ProfileReport),
             "moirai/v1/agent/a/profile/report"
         );
-        assert_eq!(
-            t.all_agents(TopicKind::Birth),
-            "moirai/v1/agent/+/birth"
-        );
+        assert_eq!(t.all_agents(TopicKind::Birth), "moirai/v1/agent/+/birth");
     }
 
     #[test]
