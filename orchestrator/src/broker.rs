@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use std::sync::Arc;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 use thiserror::Error;
 use tracing::{error, info};
+
+use crate::security::BrokerSecurity;
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -28,14 +32,24 @@ pub const MAX_PAYLOAD: usize = 8 << 20;
 /// A running embedded broker. It lives as long as the process.
 #[derive(Clone, Debug)]
 pub struct EmbeddedBroker {
+    /// Plain MQTT: where the orchestrator's own client connects. With TLS this is a second
+    /// listener on the loopback interface only (a certificate names the host's public name,
+    /// which a loopback connection could not verify).
     pub addr: SocketAddr,
+    /// The TLS listener for the devices, when TLS is on.
+    pub tls_addr: Option<SocketAddr>,
 }
 
-fn config(addr: SocketAddr, max_connections: usize) -> Config {
-    let server = ServerSettings {
-        name: "moirai-v4".into(),
-        listen: addr,
-        tls: None,
+fn server(
+    name: &str,
+    listen: SocketAddr,
+    tls: Option<TlsConfig>,
+    security: &BrokerSecurity,
+) -> ServerSettings {
+    let mut server = ServerSettings {
+        name: name.into(),
+        listen,
+        tls,
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
             connection_timeout_ms: 10_000,
@@ -46,6 +60,32 @@ fn config(addr: SocketAddr, max_connections: usize) -> Config {
             dynamic_filters: true,
         },
     };
+    if let Some(table) = &security.devices {
+        let table = Arc::new(table.clone());
+        server.set_auth_handler(move |client_id, username, password| {
+            std::future::ready(table.admits(&client_id, &username, &password))
+        });
+    }
+    server
+}
+
+fn config(
+    addr: SocketAddr,
+    max_connections: usize,
+    tls_addr: Option<SocketAddr>,
+    security: &BrokerSecurity,
+) -> Config {
+    let plain = server("moirai-v4", addr, None, security);
+    let mut servers = HashMap::from([("1".to_string(), plain)]);
+    if let (Some(tls_addr), Some(tls)) = (tls_addr, &security.tls) {
+        let tls = TlsConfig::Rustls {
+            capath: None,
+            certpath: tls.cert_file.display().to_string(),
+            keypath: tls.key_file.display().to_string(),
+        };
+        let tls = server("moirai-v4-tls", tls_addr, Some(tls), security);
+        servers.insert("2".to_string(), tls);
+    }
     Config {
         id: 0,
         router: RouterConfig {
@@ -55,7 +95,7 @@ fn config(addr: SocketAddr, max_connections: usize) -> Config {
             max_segment_count: 4,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("1".to_string(), server)])),
+        v4: Some(servers),
         ..Default::default()
     }
 }
@@ -63,8 +103,71 @@ fn config(addr: SocketAddr, max_connections: usize) -> Config {
 /// Starts the broker on `listen` (port 0 picks a free port) and waits until it accepts
 /// connections.
 pub fn start(listen: SocketAddr, max_connections: usize) -> Result<EmbeddedBroker, BrokerError> {
-    // rumqttd binds inside its own thread and does not report the port; find a free one
-    // first when asked for port 0.
+    start_secured(listen, max_connections, &BrokerSecurity::default())
+}
+
+/// Like [`start`], with TLS and device credentials: with TLS, `listen` serves TLS and the
+/// plain listener moves to a free loopback port for the orchestrator's own client; with a
+/// device table every client must log in (the orchestrator's included).
+pub fn start_secured(
+    listen: SocketAddr,
+    max_connections: usize,
+    security: &BrokerSecurity,
+) -> Result<EmbeddedBroker, BrokerError> {
+    let (addr, tls_addr) = if security.tls.is_some() {
+        let tls_addr = pick_port(listen)?;
+        (
+            pick_port(SocketAddr::from(([127, 0, 0, 1], 0)))?,
+            Some(tls_addr),
+        )
+    } else {
+        (pick_port(listen)?, None)
+    };
+    let mut broker = Broker::new(config(addr, max_connections, tls_addr, security));
+    std::thread::Builder::new()
+        .name("moirai-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    let loopback = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        } else {
+            a
+        }
+    };
+    let connect_to = loopback(addr);
+    for a in [Some(connect_to), tls_addr.map(loopback)]
+        .into_iter()
+        .flatten()
+    {
+        wait_listening(a)?;
+    }
+    info!(%addr, ?tls_addr, login = security.devices.is_some(), "embedded broker listening");
+    Ok(EmbeddedBroker {
+        addr: connect_to,
+        tls_addr,
+    })
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
+    let waited = Duration::from_secs(5);
+    let t0 = Instant::now();
+    while t0.elapsed() < waited {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::NotListening { addr, waited })
+}
+
+/// `listen`, with a free port picked when its port is 0 (rumqttd binds inside its own
+/// thread and does not report the port); fails early when the port is taken.
+fn pick_port(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     let addr = if listen.port() == 0 {
         let l = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
             addr: listen,
@@ -76,34 +179,13 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<EmbeddedBroke
         })?
     } else {
         // Fail early and clearly when the port is taken.
-        drop(TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
-            addr: listen,
-            source,
-        })?);
+        drop(
+            TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+                addr: listen,
+                source,
+            })?,
+        );
         listen
     };
-    let mut broker = Broker::new(config(addr, max_connections));
-    std::thread::Builder::new()
-        .name("moirai-broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                error!(error = %e, "embedded broker stopped");
-            }
-        })
-        .map_err(BrokerError::Thread)?;
-    let connect_to = if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
-    let waited = Duration::from_secs(5);
-    let t0 = Instant::now();
-    while t0.elapsed() < waited {
-        if TcpStream::connect_timeout(&connect_to, Duration::from_millis(200)).is_ok() {
-            info!(%addr, "embedded broker listening");
-            return Ok(EmbeddedBroker { addr: connect_to });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(BrokerError::NotListening { addr, waited })
+    Ok(addr)
 }

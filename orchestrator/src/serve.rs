@@ -49,6 +49,8 @@ pub enum ServeError {
     Address(#[from] WireError),
     #[error(transparent)]
     Store(#[from] crate::fleet::store::StoreError),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
 }
 
 /// Everything `serve` needs.
@@ -68,6 +70,8 @@ pub struct ServeOptions {
     /// Connections the embedded broker accepts.
     pub max_connections: usize,
     pub place: PlaceFn,
+    /// TLS and credentials: the embedded broker's, or the orchestrator's login to `broker`.
+    pub security: crate::security::ServeSecurityArgs,
 }
 
 /// What happened, for whoever shows progress.
@@ -136,24 +140,33 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let topics = Topics::new(&opts.prefix)?;
-    let (addr, embedded) = match &opts.broker {
-        Some(url) => (BrokerAddr::parse(url)?, false),
+    let (addr, embedded, security) = match &opts.broker {
+        Some(url) => {
+            let (_, url) = crate::security::split_tls_scheme(url);
+            (BrokerAddr::parse(&url)?, false, opts.security.external()?)
+        }
         None => {
-            let b = broker::start(opts.listen, opts.max_connections)?;
+            let (broker_security, client_security) = opts.security.embedded()?;
+            let b = broker::start_secured(opts.listen, opts.max_connections, &broker_security)?;
+            if let Some(tls) = b.tls_addr {
+                info!(%tls, "embedded broker serves MQTT over TLS to the devices");
+            }
             (
                 BrokerAddr {
                     host: b.addr.ip().to_string(),
                     port: b.addr.port(),
                 },
                 true,
+                client_security,
             )
         }
     };
     let store = ProfileStore::load(&opts.store_path)?;
     let session = now_ms();
     let client_id = format!("moirai-orchestrator-{}", std::process::id());
-    let (client, mut eventloop) =
-        bus::connect(bus::options(&addr, &client_id, &topics, session));
+    let mut mqtt = bus::options(&addr, &client_id, &topics, session);
+    security.apply(&mut mqtt);
+    let (client, mut eventloop) = bus::connect(mqtt);
     let signatures = opts.model.signatures();
     info!(broker = %addr, embedded, kernels = signatures.len(), "orchestrator starting");
     let mut fleet = Fleet::new(opts.fleet.clone(), store, signatures);
@@ -405,6 +418,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub security: crate::security::ServeSecurityArgs,
 }
 
 /// Fleet timing and storage options shared by `serve` and `demo`.
@@ -468,6 +483,7 @@ impl FleetArgs {
             ),
             max_connections: 1024,
             place,
+            security: Default::default(),
         }
     }
 }
@@ -636,9 +652,10 @@ pub fn run_blocking(args: ServeArgs) -> Result<(), ServeError> {
         model.signatures().len(),
         model.edges.len()
     );
-    let opts = args
+    let mut opts = args
         .fleet
         .options(model, args.broker.clone(), args.listen, placer());
+    opts.security = args.security.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -4,3 +4,4 @@ mod boards;
 mod fleet;
 mod coarsen;
 mod import;
+mod security;

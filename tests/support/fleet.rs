@@ -128,11 +128,13 @@ impl Proc {
     ) -> usize {
         match self.wait_for_from(from, timeout, pred) {
             Some(i) => i,
-            None => panic!(
-                "{}: no line with {what} within {timeout:?}; output:\n{}",
-                self.name,
-                self.tail(80)
-            ),
+            None => {
+                let tail = self.tail(80);
+                panic!(
+                    "{}: no line with {what} within {timeout:?}; output:\n{tail}",
+                    self.name
+                )
+            }
         }
     }
 
