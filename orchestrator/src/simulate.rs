@@ -143,6 +143,10 @@ pub struct Engine<'g> {
     /// Per edge, the transfer carrying it (when cut and placed).
     carrier: Vec<Option<u32>>,
     scratch: Vec<Planned>,
+    /// Reused buffers of `plan` (it runs for every op of every simulation).
+    buf_incoming: Vec<(f64, EdgeId, DeviceId)>,
+    buf_pending: Vec<(DeviceId, f64, f64)>,
+    buf_pend: Vec<(f64, f64)>,
 }
 
 impl<'g> Engine<'g> {
@@ -172,6 +176,9 @@ impl<'g> Engine<'g> {
             memory_used: vec![0; k],
             carrier: vec![None; g.edges().len()],
             scratch: Vec::new(),
+            buf_incoming: Vec::new(),
+            buf_pending: Vec::new(),
+            buf_pend: Vec::new(),
         }
     }
 
@@ -230,7 +237,11 @@ impl<'g> Engine<'g> {
         self.scratch.clear();
         let mut ready = 0.0f64;
         // Incoming cut edges, earliest producer first, so early data is not held up.
-        let mut incoming: Vec<(f64, EdgeId, DeviceId)> = Vec::new();
+        let mut incoming = std::mem::take(&mut self.buf_incoming);
+        let mut pending = std::mem::take(&mut self.buf_pending);
+        let mut pend = std::mem::take(&mut self.buf_pend);
+        incoming.clear();
+        pending.clear();
         for &e in g.in_edges(op) {
             let src = g.edge(e).src;
             let from = self.device[src.index()].expect("predecessor placed before its consumer");
@@ -255,19 +266,12 @@ impl<'g> Engine<'g> {
             incoming.push((done, e, from));
         }
         incoming.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let mut pending_in: Vec<(f64, f64)> = Vec::new();
-        let mut pending_out: Vec<(DeviceId, f64, f64)> = Vec::new();
-        let mut pend: Vec<(f64, f64)> = Vec::new();
-        for (done, e, from) in incoming {
+        for &(done, e, from) in &incoming {
             let dur = g.transfer(e, from, device);
+            // Transfers planned for this op so far all use this device's ingress port, and
+            // those from the same source its egress port too.
             pend.clear();
-            pend.extend(pending_in.iter().copied());
-            pend.extend(
-                pending_out
-                    .iter()
-                    .filter(|(d, _, _)| *d == from)
-                    .map(|&(_, s, e)| (s, e)),
-            );
+            pend.extend(pending.iter().map(|&(_, s, e)| (s, e)));
             let s = common_slot(
                 &self.egress[from.index()],
                 &self.ingress[device.index()],
@@ -282,8 +286,7 @@ impl<'g> Engine<'g> {
             } else {
                 pend.iter().map(|p| p.1).fold(s, f64::max)
             };
-            pending_in.push((s, s + dur));
-            pending_out.push((from, s, s + dur));
+            pending.push((from, s, s + dur));
             self.scratch.push(Planned {
                 edge: e,
                 from,
@@ -293,6 +296,9 @@ impl<'g> Engine<'g> {
             });
             ready = ready.max(s + dur);
         }
+        self.buf_incoming = incoming;
+        self.buf_pending = pending;
+        self.buf_pend = pend;
         let dur = g.time(op, device);
         let start = self.devices[device.index()].earliest(ready, dur, self.insertion);
         Probe {

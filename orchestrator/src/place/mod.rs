@@ -149,6 +149,7 @@ impl Plan {
 }
 
 /// What a placer returns before validation: a schedule, and whether it is proven optimal.
+#[derive(Debug)]
 pub struct Placed {
     pub schedule: Schedule,
     pub optimal: bool,

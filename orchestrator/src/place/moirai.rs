@@ -41,19 +41,33 @@ pub enum Progress {
 pub fn pack_memory(g: &Graph) -> Option<Placement> {
     let mut order: Vec<usize> = (0..g.num_ops()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(g.ops()[i].memory_bytes));
-    let mut free: Vec<u64> = g.devices().iter().map(|d| d.memory_bytes).collect();
-    let mut p = vec![DeviceId(0); g.num_ops()];
-    for i in order {
-        let need = g.ops()[i].memory_bytes;
-        // Prefer the device where the op runs fastest among those with room.
-        let d = g
-            .device_ids()
-            .filter(|d| free[d.index()] >= need)
-            .min_by(|a, b| g.ops()[i].time_ms[a.index()].total_cmp(&g.ops()[i].time_ms[b.index()]))?;
-        free[d.index()] -= need;
-        p[i] = d;
+    let mut by_capacity: Vec<DeviceId> = g.device_ids().collect();
+    by_capacity.sort_by_key(|d| std::cmp::Reverse(g.devices()[d.index()].memory_bytes));
+    // First fit (largest device first), then best fit (tightest room): bin-packing classics.
+    for best_fit in [false, true] {
+        let mut free: Vec<u64> = g.devices().iter().map(|d| d.memory_bytes).collect();
+        let mut p = vec![DeviceId(0); g.num_ops()];
+        let mut ok = true;
+        for &i in &order {
+            let need = g.ops()[i].memory_bytes;
+            let room = by_capacity.iter().copied().filter(|d| free[d.index()] >= need);
+            let d = if best_fit {
+                room.min_by_key(|d| free[d.index()])
+            } else {
+                room.into_iter().next()
+            };
+            let Some(d) = d else {
+                ok = false;
+                break;
+            };
+            free[d.index()] -= need;
+            p[i] = d;
+        }
+        if ok {
+            return Some(p);
+        }
     }
-    Some(p)
+    None
 }
 
 /// Runs the Moirai placer.
