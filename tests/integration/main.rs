@@ -1,7 +1,8 @@
 //! Workspace integration tests, one module per area.
 
 mod boards;
-mod fleet;
 mod coarsen;
+mod fleet;
 mod import;
+mod placement;
 mod security;
