@@ -604,8 +604,8 @@ pub fn load_model(path: &std::path::Path) -> Result<FleetModel, ServeError> {
     Ok(FleetModel::from_coarse(&coarse))
 }
 
-/// The placer replans use: HEFT through the validating `place` entry point.
-// TODO(lead): switch to the Moirai placer (with `warm_start`) once it is in `place`.
+/// The placer replans use: the Moirai placer, warm-started from the plan in force, through
+/// the validating `place` entry point.
 pub fn placer() -> PlaceFn {
     Box::new(|g, warm, limit| {
         let opts = crate::place::PlaceOptions {
@@ -613,7 +613,7 @@ pub fn placer() -> PlaceFn {
             warm_start: warm.cloned(),
             ..Default::default()
         };
-        crate::place::place(g, crate::place::Method::Heft, &opts, &crate::place::lower_bound(g))
+        crate::place::place(g, crate::place::Method::Moirai, &opts, &crate::place::lower_bound(g))
             .map(|p| p.schedule)
             .map_err(|e| e.to_string())
     })
