@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-pub use moirai_shared::plan::bound::LowerBound;
 use moirai_shared::plan::bound::basic;
+pub use moirai_shared::plan::bound::LowerBound;
 use moirai_shared::Graph;
 
 use crate::place::lp::Lp;
@@ -24,12 +24,18 @@ pub fn lp_relaxation(g: &Graph, limit: Duration) -> Option<LowerBound> {
         .op_ids()
         .map(|_| g.device_ids().map(|_| lp.var(0.0, 0.0, 1.0)).collect())
         .collect();
-    let c: Vec<_> = g.op_ids().map(|_| lp.var(0.0, 0.0, f64::INFINITY)).collect();
+    let c: Vec<_> = g
+        .op_ids()
+        .map(|_| lp.var(0.0, 0.0, f64::INFINITY))
+        .collect();
     for op in g.op_ids() {
         let i = op.index();
         let ones: Vec<_> = x[i].iter().map(|&v| (v, 1.0)).collect();
         lp.eq(&ones, 1.0);
-        let own: Vec<_> = g.device_ids().map(|d| (x[i][d.index()], -g.time(op, d))).collect();
+        let own: Vec<_> = g
+            .device_ids()
+            .map(|d| (x[i][d.index()], -g.time(op, d)))
+            .collect();
         let mut terms = vec![(c[i], 1.0)];
         terms.extend(own.iter().copied());
         lp.ge(&terms, 0.0);
@@ -44,7 +50,10 @@ pub fn lp_relaxation(g: &Graph, limit: Duration) -> Option<LowerBound> {
     }
     for d in g.device_ids() {
         let mut load = vec![(t, 1.0)];
-        load.extend(g.op_ids().map(|op| (x[op.index()][d.index()], -g.time(op, d))));
+        load.extend(
+            g.op_ids()
+                .map(|op| (x[op.index()][d.index()], -g.time(op, d))),
+        );
         lp.ge(&load, 0.0);
         let cap = g.devices()[d.index()].memory_bytes;
         if cap < u64::MAX / 2 {
@@ -85,7 +94,11 @@ mod tests {
         let g = diamond();
         let lp = lp_relaxation(&g, Duration::from_secs(5)).unwrap();
         assert!(lp.value_ms >= basic(&g).value_ms - 1e-6);
-        assert!(lp.value_ms <= 10.0 + 1e-6, "optimum is 10, bound {}", lp.value_ms);
+        assert!(
+            lp.value_ms <= 10.0 + 1e-6,
+            "optimum is 10, bound {}",
+            lp.value_ms
+        );
     }
 
     #[test]

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "moirai", version, about = "Places DNN inference across a fleet of heterogeneous edge boards")]
+#[command(
+    name = "moirai",
+    version,
+    about = "Places DNN inference across a fleet of heterogeneous edge boards"
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

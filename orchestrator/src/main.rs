@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
@@ -27,8 +29,12 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Coarsen(args) => commands::coarsen::run(args),
         Command::Serve(args) => moirai_orchestrator::serve::run_blocking(args).map_err(Into::into),
-        Command::Demo { demo, fleet } => moirai_orchestrator::demo::run(demo, fleet).map_err(Into::into),
-        Command::Fleet(args) => moirai_orchestrator::serve::show_fleet(args).map(|_| ()).map_err(Into::into),
+        Command::Demo { demo, fleet } => {
+            moirai_orchestrator::demo::run(demo, fleet).map_err(Into::into)
+        }
+        Command::Fleet(args) => moirai_orchestrator::serve::show_fleet(args)
+            .map(|_| ())
+            .map_err(Into::into),
         Command::BenchFleet { bench, fleet } => {
             moirai_orchestrator::fleet_bench::run(bench, fleet).map_err(Into::into)
         }

@@ -12,7 +12,10 @@ fn samples() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("skipped: {} is absent (reference material not beside the repo)", dir.display());
+        eprintln!(
+            "skipped: {} is absent (reference material not beside the repo)",
+            dir.display()
+        );
         None
     }
 }
@@ -36,13 +39,20 @@ fn the_shipped_example_1_is_solved_to_its_proven_optimum() {
     };
     let plan = place::place(&g, Method::Moirai, &opts, &bound).unwrap();
     assert!(plan.optimal, "example_1 not proven optimal");
-    assert!((plan.makespan() - 30.0).abs() < 1e-6, "makespan {}", plan.makespan());
+    assert!(
+        (plan.makespan() - 30.0).abs() < 1e-6,
+        "makespan {}",
+        plan.makespan()
+    );
     validate(&g, &plan.schedule).unwrap();
     // Memory binds: every greedy baseline either fails on memory or is valid.
     for m in Method::ALL {
         match place::place(&g, m, &opts, &bound) {
             Ok(p) => validate(&g, &p.schedule).unwrap(),
-            Err(e) => assert!(e.to_string().contains("lacks") || e.to_string().contains("fits on no device"), "{e}"),
+            Err(e) => assert!(
+                e.to_string().contains("lacks") || e.to_string().contains("fits on no device"),
+                "{e}"
+            ),
         }
     }
 }
@@ -55,11 +65,19 @@ fn every_method_on_every_sample_validates() {
         let bound = place::lower_bound(&g);
         let mut best_baseline = f64::INFINITY;
         for m in Method::EVERY {
-            let plan = place::place(&g, m, &quick(), &bound).unwrap_or_else(|e| panic!("{name} {m}: {e}"));
+            let plan =
+                place::place(&g, m, &quick(), &bound).unwrap_or_else(|e| panic!("{name} {m}: {e}"));
             validate(&g, &plan.schedule).unwrap_or_else(|v| panic!("{name} {m}: {v}"));
-            assert!(plan.makespan() >= bound.value_ms - 1e-9, "{name} {m} beats the lower bound");
+            assert!(
+                plan.makespan() >= bound.value_ms - 1e-9,
+                "{name} {m} beats the lower bound"
+            );
             if m == Method::Moirai {
-                assert!(plan.makespan() <= best_baseline + 1e-9, "{name}: moirai {} worse than best baseline {best_baseline}", plan.makespan());
+                assert!(
+                    plan.makespan() <= best_baseline + 1e-9,
+                    "{name}: moirai {} worse than best baseline {best_baseline}",
+                    plan.makespan()
+                );
             } else {
                 best_baseline = best_baseline.min(plan.makespan());
             }

@@ -22,7 +22,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for f in &files {
         let g = profiled::load(f)?;
-        eprintln!("{}: {} ops, {} edges, {} devices", g.name, g.num_ops(), g.edges().len(), g.num_devices());
+        eprintln!(
+            "{}: {} ops, {} edges, {} devices",
+            g.name,
+            g.num_ops(),
+            g.edges().len(),
+            g.num_devices()
+        );
         rows.extend(run_methods(&g, &methods, &opts));
     }
     println!("{}", table::markdown(&rows));

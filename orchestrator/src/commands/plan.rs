@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use moirai_orchestrator::import::profiled;
-use moirai_orchestrator::place::{self, Method, Plan, PlaceOptions};
+use moirai_orchestrator::place::{self, Method, PlaceOptions, Plan};
 use moirai_orchestrator::report::{gantt, table};
 use moirai_shared::Graph;
 
@@ -13,7 +13,10 @@ use crate::cli::{PlanArgs, SearchArgs};
 /// Place options from the command line.
 pub fn options(s: &SearchArgs) -> Result<PlaceOptions> {
     if !(s.time_limit.is_finite() && s.time_limit > 0.0) {
-        bail!("--time-limit must be a positive number of seconds, got {}", s.time_limit);
+        bail!(
+            "--time-limit must be a positive number of seconds, got {}",
+            s.time_limit
+        );
     }
     Ok(PlaceOptions {
         time_limit: std::time::Duration::from_secs_f64(s.time_limit),
@@ -108,7 +111,11 @@ pub fn run(args: PlanArgs) -> Result<()> {
             .iter()
             .filter_map(|r| r.outcome.as_ref().err().cloned())
             .collect();
-        bail!("no method produced a plan for {}:\n  {}", g.name, errors.join("\n  "));
+        bail!(
+            "no method produced a plan for {}:\n  {}",
+            g.name,
+            errors.join("\n  ")
+        );
     };
     let json = serde_json::to_string_pretty(&chosen.schedule)?;
     if let Some(out) = &args.out {

@@ -37,20 +37,31 @@ pub fn speed_groups(g: &Graph) -> Vec<Vec<DeviceId>> {
 /// The group each op is assigned to by the LP relaxation.
 pub fn group_of_ops(g: &Graph, groups: &[Vec<DeviceId>]) -> Result<Vec<usize>, String> {
     // Run time of an op on a group: on its fastest member.
-    let p = |op, grp: &Vec<DeviceId>| grp.iter().map(|&d| g.time(op, d)).fold(f64::INFINITY, f64::min);
+    let p = |op, grp: &Vec<DeviceId>| {
+        grp.iter()
+            .map(|&d| g.time(op, d))
+            .fold(f64::INFINITY, f64::min)
+    };
     let mut lp = Lp::new();
     let t = lp.var(1.0, 0.0, f64::INFINITY);
     let x: Vec<Vec<_>> = g
         .op_ids()
         .map(|_| groups.iter().map(|_| lp.var(0.0, 0.0, 1.0)).collect())
         .collect();
-    let c: Vec<_> = g.op_ids().map(|_| lp.var(0.0, 0.0, f64::INFINITY)).collect();
+    let c: Vec<_> = g
+        .op_ids()
+        .map(|_| lp.var(0.0, 0.0, f64::INFINITY))
+        .collect();
     for op in g.op_ids() {
         let i = op.index();
         let ones: Vec<_> = x[i].iter().map(|&v| (v, 1.0)).collect();
         lp.eq(&ones, 1.0);
         // C_i >= C_pred + own time; sources: C_i >= own time.
-        let own: Vec<_> = groups.iter().enumerate().map(|(gi, grp)| (x[i][gi], -p(op, grp))).collect();
+        let own: Vec<_> = groups
+            .iter()
+            .enumerate()
+            .map(|(gi, grp)| (x[i][gi], -p(op, grp)))
+            .collect();
         let mut terms = vec![(c[i], 1.0)];
         terms.extend(own.iter().copied());
         lp.ge(&terms, 0.0);
@@ -65,12 +76,14 @@ pub fn group_of_ops(g: &Graph, groups: &[Vec<DeviceId>]) -> Result<Vec<usize>, S
     }
     for (gi, grp) in groups.iter().enumerate() {
         let mut terms = vec![(t, 1.0)];
-        terms.extend(g.op_ids().map(|op| (x[op.index()][gi], -p(op, grp) / grp.len() as f64)));
+        terms.extend(
+            g.op_ids()
+                .map(|op| (x[op.index()][gi], -p(op, grp) / grp.len() as f64)),
+        );
         lp.ge(&terms, 0.0);
     }
     let sol = lp.solve(Duration::from_secs(30))?;
-    Ok(g
-        .op_ids()
+    Ok(g.op_ids()
         .map(|op| {
             (0..groups.len())
                 .max_by(|&a, &b| {
@@ -106,12 +119,18 @@ mod tests {
     fn devices_of_one_speed_form_one_group() {
         assert_eq!(speed_groups(&independent(4, 3, 1.0)).len(), 1);
         // Device 1 is three times slower than device 0.
-        assert_eq!(speed_groups(&chain(3, 1.0)), vec![vec![DeviceId(0)], vec![DeviceId(1)]]);
+        assert_eq!(
+            speed_groups(&chain(3, 1.0)),
+            vec![vec![DeviceId(0)], vec![DeviceId(1)]]
+        );
     }
 
     #[test]
     fn independent_ops_spread_evenly() {
-        assert_eq!(place(&independent(6, 3, 1.0)).unwrap().schedule.makespan_ms, 2.0);
+        assert_eq!(
+            place(&independent(6, 3, 1.0)).unwrap().schedule.makespan_ms,
+            2.0
+        );
     }
 
     #[test]

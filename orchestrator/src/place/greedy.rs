@@ -73,7 +73,9 @@ pub fn earliest_finish(
         let p = engine.probe(op, d);
         let better = match best {
             None => true,
-            Some((_, b)) => p.end < b.end - 1e-12 || (p.end <= b.end + 1e-12 && p.start < b.start - 1e-12),
+            Some((_, b)) => {
+                p.end < b.end - 1e-12 || (p.end <= b.end + 1e-12 && p.start < b.start - 1e-12)
+            }
         };
         if better {
             best = Some((d, p));
@@ -91,7 +93,10 @@ pub fn no_room(engine: &Engine<'_>, op: OpId, method: &str) -> PlaceError {
         .map(|d| {
             let cap = g.devices()[d.index()].memory_bytes;
             let free = cap.saturating_sub(engine.memory_used(d));
-            format!("device {d} has {free} free (lacks {})", need.saturating_sub(free))
+            format!(
+                "device {d} has {free} free (lacks {})",
+                need.saturating_sub(free)
+            )
         })
         .collect();
     PlaceError::Infeasible {
@@ -132,8 +137,7 @@ pub fn etf<'g>(
                 Some((j, _, b)) => {
                     let (pa, pb) = (priority[op.index()], priority[ready[j].index()]);
                     p.start < b.start - 1e-12
-                        || (p.start <= b.start + 1e-12
-                            && (pa > pb || (pa == pb && op < ready[j])))
+                        || (p.start <= b.start + 1e-12 && (pa > pb || (pa == pb && op < ready[j])))
                 }
             };
             if better {

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use microlp::{ComparisonOp, LinearExpr, OptimizationDirection, Problem, SolveOptions, SolveOutcome, Variable};
+use microlp::{
+    ComparisonOp, LinearExpr, OptimizationDirection, Problem, SolveOptions, SolveOutcome, Variable,
+};
 
 /// A linear program under construction (minimisation).
 pub struct Lp {
@@ -31,27 +33,40 @@ impl Lp {
 
     /// `sum(terms) >= rhs`.
     pub fn ge(&mut self, terms: &[(Variable, f64)], rhs: f64) {
-        self.problem
-            .add_constraint(terms.iter().copied().collect::<LinearExpr>(), ComparisonOp::Ge, rhs);
+        self.problem.add_constraint(
+            terms.iter().copied().collect::<LinearExpr>(),
+            ComparisonOp::Ge,
+            rhs,
+        );
     }
 
     /// `sum(terms) <= rhs`.
     pub fn le(&mut self, terms: &[(Variable, f64)], rhs: f64) {
-        self.problem
-            .add_constraint(terms.iter().copied().collect::<LinearExpr>(), ComparisonOp::Le, rhs);
+        self.problem.add_constraint(
+            terms.iter().copied().collect::<LinearExpr>(),
+            ComparisonOp::Le,
+            rhs,
+        );
     }
 
     /// `sum(terms) == rhs`.
     pub fn eq(&mut self, terms: &[(Variable, f64)], rhs: f64) {
-        self.problem
-            .add_constraint(terms.iter().copied().collect::<LinearExpr>(), ComparisonOp::Eq, rhs);
+        self.problem.add_constraint(
+            terms.iter().copied().collect::<LinearExpr>(),
+            ComparisonOp::Eq,
+            rhs,
+        );
     }
 
     /// Solves to optimality within `limit`; the values of `vars` and the objective.
     pub fn solve(&self, limit: Duration) -> Result<LpSolution, String> {
         let mut opts = SolveOptions::default();
         opts.time_limit = Some(limit);
-        match self.problem.solve_with(opts).map_err(|e| format!("{e:?}"))? {
+        match self
+            .problem
+            .solve_with(opts)
+            .map_err(|e| format!("{e:?}"))?
+        {
             SolveOutcome::Solution(s) => Ok(LpSolution { s }),
             SolveOutcome::Interrupted(_) => Err(format!("LP not solved within {limit:?}")),
         }

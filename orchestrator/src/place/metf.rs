@@ -28,7 +28,10 @@ mod tests {
 
     #[test]
     fn independent_ops_spread_evenly() {
-        assert_eq!(place(&independent(6, 3, 2.0)).unwrap().schedule.makespan_ms, 4.0);
+        assert_eq!(
+            place(&independent(6, 3, 2.0)).unwrap().schedule.makespan_ms,
+            4.0
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@
 
 use std::time::{Duration, Instant};
 
-use microlp::{ComparisonOp, LinearExpr, OptimizationDirection, Problem, SolveOptions, SolveOutcome, Variable};
+use microlp::{
+    ComparisonOp, LinearExpr, OptimizationDirection, Problem, SolveOptions, SolveOutcome, Variable,
+};
 use moirai_shared::plan::Placement;
 use moirai_shared::{DeviceId, EdgeId, Graph, OpId};
 
@@ -65,7 +67,13 @@ fn reachability(g: &Graph) -> Vec<Vec<bool>> {
 /// Longest path at the fastest devices ending just before each op (head) and starting just
 /// after it (tail).
 fn heads_and_tails(g: &Graph) -> (Vec<f64>, Vec<f64>) {
-    let fastest = |o: OpId| g.op(o).time_ms.iter().copied().fold(f64::INFINITY, f64::min);
+    let fastest = |o: OpId| {
+        g.op(o)
+            .time_ms
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+    };
     let n = g.num_ops();
     let (mut head, mut tail) = (vec![0.0f64; n], vec![0.0f64; n]);
     for &op in g.topo_order() {
@@ -111,7 +119,9 @@ pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) 
 
     let mut p = Problem::new(OptimizationDirection::Minimize);
     let cmax = p.add_var(1.0, (0.0, horizon));
-    let x: Vec<Vec<Variable>> = (0..n).map(|_| (0..k).map(|_| p.add_binary_var(0.0)).collect()).collect();
+    let x: Vec<Vec<Variable>> = (0..n)
+        .map(|_| (0..k).map(|_| p.add_binary_var(0.0)).collect())
+        .collect();
     let s: Vec<Variable> = (0..n).map(|i| p.add_var(0.0, (head[i], horizon))).collect();
     let c: Vec<Variable> = (0..n).map(|_| p.add_var(0.0, (0.0, horizon))).collect();
     let m = g.edges().len();
@@ -130,13 +140,21 @@ pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) 
     for i in 0..n {
         let op = OpId::from(i);
         // (3) one device each.
-        p.add_constraint(expr(&x[i].iter().map(|&v| (v, 1.0)).collect::<Vec<_>>()), ComparisonOp::Eq, 1.0);
+        p.add_constraint(
+            expr(&x[i].iter().map(|&v| (v, 1.0)).collect::<Vec<_>>()),
+            ComparisonOp::Eq,
+            1.0,
+        );
         // (2) C_i = S_i + sum_k p_ik x_ik.
         let mut t = vec![(c[i], 1.0), (s[i], -1.0)];
         t.extend((0..k).map(|d| (x[i][d], -g.time(op, DeviceId::from(d)))));
         p.add_constraint(expr(&t), ComparisonOp::Eq, 0.0);
         // (8) and the tail inequality: C_max >= C_i + tail_i.
-        p.add_constraint(expr(&[(cmax, 1.0), (c[i], -1.0)]), ComparisonOp::Ge, tail[i]);
+        p.add_constraint(
+            expr(&[(cmax, 1.0), (c[i], -1.0)]),
+            ComparisonOp::Ge,
+            tail[i],
+        );
     }
     for d in 0..k {
         // (4) memory.
@@ -163,9 +181,21 @@ pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) 
         p.add_constraint(expr(&[(s[b], 1.0), (cq[q], -1.0)]), ComparisonOp::Ge, 0.0);
         // (6) z_q = [x_a != x_b], u picks the channel.
         for d in 0..k {
-            p.add_constraint(expr(&[(z[q], 1.0), (x[a][d], 1.0), (x[b][d], 1.0)]), ComparisonOp::Le, 2.0);
-            p.add_constraint(expr(&[(z[q], 1.0), (x[a][d], -1.0), (x[b][d], 1.0)]), ComparisonOp::Ge, 0.0);
-            p.add_constraint(expr(&[(z[q], 1.0), (x[b][d], -1.0), (x[a][d], 1.0)]), ComparisonOp::Ge, 0.0);
+            p.add_constraint(
+                expr(&[(z[q], 1.0), (x[a][d], 1.0), (x[b][d], 1.0)]),
+                ComparisonOp::Le,
+                2.0,
+            );
+            p.add_constraint(
+                expr(&[(z[q], 1.0), (x[a][d], -1.0), (x[b][d], 1.0)]),
+                ComparisonOp::Ge,
+                0.0,
+            );
+            p.add_constraint(
+                expr(&[(z[q], 1.0), (x[b][d], -1.0), (x[a][d], 1.0)]),
+                ComparisonOp::Ge,
+                0.0,
+            );
         }
         let mut sum_u = vec![(z[q], -1.0)];
         let mut dur = vec![(cq[q], 1.0), (sq[q], -1.0)];
@@ -173,7 +203,11 @@ pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) 
             for to in 0..k {
                 if let Some(v) = u[q][from * k + to] {
                     sum_u.push((v, 1.0));
-                    p.add_constraint(expr(&[(v, 1.0), (x[a][from], -1.0), (x[b][to], -1.0)]), ComparisonOp::Ge, -1.0);
+                    p.add_constraint(
+                        expr(&[(v, 1.0), (x[a][from], -1.0), (x[b][to], -1.0)]),
+                        ComparisonOp::Ge,
+                        -1.0,
+                    );
                     dur.push((v, -edge.transfer_ms[from * k + to]));
                 }
             }
@@ -193,13 +227,25 @@ pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) 
             for d in 0..k {
                 // S_i >= C_j - M delta - M (2 - x_id - x_jd)
                 p.add_constraint(
-                    expr(&[(s[i], 1.0), (c[j], -1.0), (delta, big_m), (x[i][d], -big_m), (x[j][d], -big_m)]),
+                    expr(&[
+                        (s[i], 1.0),
+                        (c[j], -1.0),
+                        (delta, big_m),
+                        (x[i][d], -big_m),
+                        (x[j][d], -big_m),
+                    ]),
                     ComparisonOp::Ge,
                     -2.0 * big_m,
                 );
                 // S_j >= C_i - M (1 - delta) - M (2 - x_id - x_jd)
                 p.add_constraint(
-                    expr(&[(s[j], 1.0), (c[i], -1.0), (delta, -big_m), (x[i][d], -big_m), (x[j][d], -big_m)]),
+                    expr(&[
+                        (s[j], 1.0),
+                        (c[i], -1.0),
+                        (delta, -big_m),
+                        (x[i][d], -big_m),
+                        (x[j][d], -big_m),
+                    ]),
                     ComparisonOp::Ge,
                     -3.0 * big_m,
                 );
@@ -211,7 +257,12 @@ pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) 
     for q in 0..m {
         for r in q + 1..m {
             let (eq, er) = (g.edge(EdgeId::from(q)), g.edge(EdgeId::from(r)));
-            let (a, b, cc, dd) = (eq.src.index(), eq.dst.index(), er.src.index(), er.dst.index());
+            let (a, b, cc, dd) = (
+                eq.src.index(),
+                eq.dst.index(),
+                er.src.index(),
+                er.dst.index(),
+            );
             // q ends before its consumer b starts; if b reaches r's producer c, q precedes r.
             let ordered = (b == cc || reach[b][cc]) || (dd == a || reach[dd][a]);
             if ordered {
@@ -229,11 +280,23 @@ pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) 
                         (vec![(e1, -big_m), (e2, -big_m)], 2.0 * big_m)
                     };
                     // S_q >= C_r - M delta - M(2 - z_q - z_r) - port slack
-                    let mut t = vec![(sq[q], 1.0), (cq[r], -1.0), (delta, big_m), (z[q], -big_m), (z[r], -big_m)];
+                    let mut t = vec![
+                        (sq[q], 1.0),
+                        (cq[r], -1.0),
+                        (delta, big_m),
+                        (z[q], -big_m),
+                        (z[r], -big_m),
+                    ];
                     t.extend(port.iter().copied());
                     p.add_constraint(expr(&t), ComparisonOp::Ge, -2.0 * big_m - slack);
                     // S_r >= C_q - M (1 - delta) - M(2 - z_q - z_r) - port slack
-                    let mut t = vec![(sq[r], 1.0), (cq[q], -1.0), (delta, -big_m), (z[q], -big_m), (z[r], -big_m)];
+                    let mut t = vec![
+                        (sq[r], 1.0),
+                        (cq[q], -1.0),
+                        (delta, -big_m),
+                        (z[q], -big_m),
+                        (z[r], -big_m),
+                    ];
                     t.extend(port.iter().copied());
                     p.add_constraint(expr(&t), ComparisonOp::Ge, -3.0 * big_m - slack);
                 }
@@ -351,9 +414,17 @@ mod tests {
         let g = example_1();
         let r = solve(&g, Duration::from_secs(60), None);
         assert!(r.optimal, "not proven optimal");
-        assert!((r.objective.unwrap() - 30.0).abs() < 1e-6, "objective {:?}", r.objective);
+        assert!(
+            (r.objective.unwrap() - 30.0).abs() < 1e-6,
+            "objective {:?}",
+            r.objective
+        );
         let e = schedule_of(&g, &r).unwrap();
         validate(&g, &e.to_schedule("milp", 0.0, 0.0)).unwrap();
-        assert!((e.makespan() - 30.0).abs() < 1e-6, "simulated {}", e.makespan());
+        assert!(
+            (e.makespan() - 30.0).abs() < 1e-6,
+            "simulated {}",
+            e.makespan()
+        );
     }
 }

@@ -122,7 +122,10 @@ pub enum PlaceError {
     Solver { method: String, reason: String },
     /// The method produced a schedule that breaks a rule: a bug, reported rather than hidden.
     #[error("{method}: produced an invalid schedule: {violation}")]
-    Invalid { method: String, violation: Violation },
+    Invalid {
+        method: String,
+        violation: Violation,
+    },
 }
 
 /// A validated plan with its bound.
@@ -156,7 +159,12 @@ pub struct Placed {
 }
 
 /// Runs `method` on `g`, validates its schedule and attaches the lower bound.
-pub fn place(g: &Graph, method: Method, opts: &PlaceOptions, bound: &LowerBound) -> Result<Plan, PlaceError> {
+pub fn place(
+    g: &Graph,
+    method: Method,
+    opts: &PlaceOptions,
+    bound: &LowerBound,
+) -> Result<Plan, PlaceError> {
     place_with_progress(g, method, opts, bound, &|_| {})
 }
 

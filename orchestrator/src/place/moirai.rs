@@ -50,7 +50,10 @@ pub fn pack_memory(g: &Graph) -> Option<Placement> {
         let mut ok = true;
         for &i in &order {
             let need = g.ops()[i].memory_bytes;
-            let room = by_capacity.iter().copied().filter(|d| free[d.index()] >= need);
+            let room = by_capacity
+                .iter()
+                .copied()
+                .filter(|d| free[d.index()] >= need);
             let d = if best_fit {
                 room.min_by_key(|d| free[d.index()])
             } else {
@@ -71,7 +74,11 @@ pub fn pack_memory(g: &Graph) -> Option<Placement> {
 }
 
 /// Runs the Moirai placer.
-pub fn place(g: &Graph, opts: &PlaceOptions, progress: &(dyn Fn(Progress) + Sync)) -> Result<Placed, PlaceError> {
+pub fn place(
+    g: &Graph,
+    opts: &PlaceOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Placed, PlaceError> {
     let started = Instant::now();
     let deadline = started + opts.time_limit;
     progress(Progress::Phase("baselines"));
@@ -131,7 +138,8 @@ pub fn place(g: &Graph, opts: &PlaceOptions, progress: &(dyn Fn(Progress) + Sync
         let r = milp::solve(g, left, best.as_ref().map(|(p, m)| (p.as_slice(), *m)));
         if let Some(engine) = milp::schedule_of(g, &r) {
             let m = engine.makespan();
-            if memory_shortfall(g, r.placement.as_ref().expect("schedule implies placement")).is_none()
+            if memory_shortfall(g, r.placement.as_ref().expect("schedule implies placement"))
+                .is_none()
                 && best.as_ref().is_none_or(|(_, b)| m <= *b + 1e-9)
             {
                 progress(Progress::Incumbent {
@@ -140,7 +148,9 @@ pub fn place(g: &Graph, opts: &PlaceOptions, progress: &(dyn Fn(Progress) + Sync
                 });
                 best = Some((r.placement.clone().expect("checked"), m));
                 priority = Some(r.starts.iter().map(|s| -s).collect());
-                optimal = r.optimal && r.objective.is_some_and(|o| (o - m).abs() <= 1e-6 * (1.0 + m));
+                optimal = r.optimal
+                    && r.objective
+                        .is_some_and(|o| (o - m).abs() <= 1e-6 * (1.0 + m));
             }
         }
     }
@@ -188,11 +198,17 @@ pub fn place(g: &Graph, opts: &PlaceOptions, progress: &(dyn Fn(Progress) + Sync
             let _ = reporter.join();
             f
         });
-        tracing::info!(evals = found.evals, makespan = found.makespan, "search finished");
+        tracing::info!(
+            evals = found.evals,
+            makespan = found.makespan,
+            "search finished"
+        );
         if found.makespan < makespan - 1e-12 {
+            let mut prio = crate::simulate::bottom_levels(g, &found.placement);
+            prio.iter_mut().zip(&found.bias).for_each(|(a, b)| *a += b);
             placement = found.placement;
             makespan = found.makespan;
-            priority = None;
+            priority = Some(prio);
         }
     }
 

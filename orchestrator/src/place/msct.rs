@@ -28,12 +28,20 @@ use super::{PlaceError, Placed};
 pub fn favourite_parents(g: &Graph) -> Result<Vec<Option<OpId>>, String> {
     let mut lp = Lp::new();
     let w = lp.var(1.0, 0.0, f64::INFINITY);
-    let s: Vec<_> = g.op_ids().map(|_| lp.var(0.0, 0.0, f64::INFINITY)).collect();
-    let x: Vec<_> = (0..g.edges().len()).map(|_| lp.var(0.0, 0.0, 1.0)).collect();
+    let s: Vec<_> = g
+        .op_ids()
+        .map(|_| lp.var(0.0, 0.0, f64::INFINITY))
+        .collect();
+    let x: Vec<_> = (0..g.edges().len())
+        .map(|_| lp.var(0.0, 0.0, 1.0))
+        .collect();
     for (e, edge) in g.edges().iter().enumerate() {
         let (i, j) = (edge.src.index(), edge.dst.index());
         let c = mean_transfer(g, EdgeId::from(e));
-        lp.ge(&[(s[j], 1.0), (s[i], -1.0), (x[e], -c)], mean_time(g, edge.src));
+        lp.ge(
+            &[(s[j], 1.0), (s[i], -1.0), (x[e], -c)],
+            mean_time(g, edge.src),
+        );
     }
     for op in g.op_ids() {
         let out = g.out_edges(op);

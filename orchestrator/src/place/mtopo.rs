@@ -22,13 +22,18 @@ pub fn place(g: &Graph) -> Result<Placed, PlaceError> {
     let mut devices: Vec<DeviceId> = g.device_ids().collect();
     devices.sort_by(|a, b| total[a.index()].total_cmp(&total[b.index()]));
     // Each device takes ops until its share of the work (in its own time) is used up.
-    let share: Vec<f64> = g.device_ids().map(|d| (1.0 / total[d.index()]) / speed_sum).collect();
+    let share: Vec<f64> = g
+        .device_ids()
+        .map(|d| (1.0 / total[d.index()]) / speed_sum)
+        .collect();
     let mut engine = Engine::new(g, true);
     let mut placement = vec![DeviceId(0); g.num_ops()];
     let mut done = vec![0.0f64; g.num_devices()];
     let mut cur = 0usize;
     for &op in g.topo_order() {
-        while cur + 1 < devices.len() && done[devices[cur].index()] >= share[devices[cur].index()] - 1e-12 {
+        while cur + 1 < devices.len()
+            && done[devices[cur].index()] >= share[devices[cur].index()] - 1e-12
+        {
             cur += 1;
         }
         let d = (cur..devices.len())

@@ -62,6 +62,8 @@ pub struct Budget {
 #[derive(Clone, Debug)]
 pub struct Found {
     pub placement: Placement,
+    /// Offsets added to the b-level priority when re-timing the placement.
+    pub bias: Vec<f64>,
     pub makespan: f64,
     pub evals: u64,
 }
@@ -76,7 +78,9 @@ struct Moves<'g> {
 impl<'g> Moves<'g> {
     fn new(g: &'g Graph) -> Self {
         let single_link = |a: OpId, b: OpId| {
-            g.out_edges(a).len() == 1 && g.in_edges(b).len() == 1 && g.edge(g.out_edges(a)[0]).dst == b
+            g.out_edges(a).len() == 1
+                && g.in_edges(b).len() == 1
+                && g.edge(g.out_edges(a)[0]).dst == b
         };
         let mut chain_of = vec![Vec::new(); g.num_ops()];
         let mut done = vec![false; g.num_ops()];
@@ -127,7 +131,10 @@ impl<'g> Moves<'g> {
                 if inside.contains(&d) {
                     continue;
                 }
-                if g.in_edges(d).iter().all(|&pe| inside.contains(&g.edge(pe).src)) {
+                if g.in_edges(d)
+                    .iter()
+                    .all(|&pe| inside.contains(&g.edge(pe).src))
+                {
                     inside.insert(d);
                     set.push(d);
                     if set.len() >= limit {
@@ -144,10 +151,12 @@ impl<'g> Moves<'g> {
 /// last, each time to whatever made the current op wait (a producer or the device's previous op).
 pub fn critical_ops(engine: &Engine<'_>) -> Vec<OpId> {
     let g = engine.graph();
-    let Some(mut cur) = g
-        .op_ids()
-        .max_by(|a, b| engine.end_of(*a).total_cmp(&engine.end_of(*b)).then(b.cmp(a)))
-    else {
+    let Some(mut cur) = g.op_ids().max_by(|a, b| {
+        engine
+            .end_of(*a)
+            .total_cmp(&engine.end_of(*b))
+            .then(b.cmp(a))
+    }) else {
         return vec![];
     };
     // Per device, ops by end time, to find "the op the device ran just before".
@@ -177,7 +186,10 @@ pub fn critical_ops(engine: &Engine<'_>) -> Vec<OpId> {
             if let Some(d) = engine.device_of(cur) {
                 let v = &by_end[d.index()];
                 let i = v.partition_point(|x| x.0 < start - 1e-9);
-                next = v.get(i).filter(|x| (x.0 - start).abs() < 1e-9 && x.1 != cur).map(|x| x.1);
+                next = v
+                    .get(i)
+                    .filter(|x| (x.0 - start).abs() < 1e-9 && x.1 != cur)
+                    .map(|x| x.1);
             }
         }
         match next {
@@ -192,7 +204,13 @@ pub fn critical_ops(engine: &Engine<'_>) -> Vec<OpId> {
 }
 
 /// Simulated annealing from `start`; returns the best placement seen.
-pub fn anneal(g: &Graph, start: &[DeviceId], seed: u64, budget: &Budget, best_bits: &AtomicU64) -> Found {
+pub fn anneal(
+    g: &Graph,
+    start: &[DeviceId],
+    seed: u64,
+    budget: &Budget,
+    best_bits: &AtomicU64,
+) -> Found {
     let k = g.num_devices();
     let n = g.num_ops();
     let moves = Moves::new(g);
@@ -201,8 +219,12 @@ pub fn anneal(g: &Graph, start: &[DeviceId], seed: u64, budget: &Budget, best_bi
     let mut evals = 0u64;
     let mem_cap: Vec<u64> = g.devices().iter().map(|d| d.memory_bytes).collect();
 
-    let eval = |engine: &mut Engine<'_>, p: &[DeviceId]| -> (f64, f64) {
-        let prio = bottom_levels(g, p);
+    // Priority offsets on top of the b-level: the order in which ready ops claim devices
+    // and ports matters as much as where they run.
+    let mut bias = vec![0.0f64; n];
+    let eval = |engine: &mut Engine<'_>, p: &[DeviceId], bias: &[f64]| -> (f64, f64) {
+        let mut prio = bottom_levels(g, p);
+        prio.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
         let m = simulate_into(engine, p, &prio);
         let mean_end = g.op_ids().map(|o| engine.end_of(o)).sum::<f64>() / n as f64;
         (m, m + 0.01 * mean_end)
@@ -213,11 +235,12 @@ pub fn anneal(g: &Graph, start: &[DeviceId], seed: u64, budget: &Budget, best_bi
     for (i, d) in cur.iter().enumerate() {
         used[d.index()] += g.ops()[i].memory_bytes;
     }
-    let (mut cur_m, mut cur_cost) = eval(&mut engine, &cur);
+    let (mut cur_m, mut cur_cost) = eval(&mut engine, &cur, &bias);
     evals += 1;
     let mut critical = critical_ops(&engine);
     let mut best = Found {
         placement: cur.clone(),
+        bias: bias.clone(),
         makespan: cur_m,
         evals,
     };
@@ -254,6 +277,32 @@ pub fn anneal(g: &Graph, start: &[DeviceId], seed: u64, budget: &Budget, best_bi
         };
         changed.clear();
         let r = rng.unit();
+        if r < 0.08 {
+            // Reorder: nudge one op's priority, keep the placement.
+            let old = bias[op.index()];
+            let span = g.time(op, cur[op.index()]).max(1e-3) * 4.0;
+            bias[op.index()] += (rng.unit() - 0.5) * span;
+            let (m, cost) = eval(&mut engine, &cur, &bias);
+            evals += 1;
+            if cost <= cur_cost {
+                cur_m = m;
+                cur_cost = cost;
+                if m < best.makespan - 1e-12 {
+                    best = Found {
+                        placement: cur.clone(),
+                        bias: bias.clone(),
+                        makespan: m,
+                        evals,
+                    };
+                    since_best = 0;
+                    best_bits.fetch_min(m.to_bits(), Ordering::Relaxed);
+                }
+                critical = critical_ops(&engine);
+            } else {
+                bias[op.index()] = old;
+            }
+            continue;
+        }
         if r < 0.30 {
             changed.push((op.index(), target));
         } else if r < 0.45 {
@@ -303,7 +352,7 @@ pub fn anneal(g: &Graph, start: &[DeviceId], seed: u64, budget: &Budget, best_bi
         }
         let fits = used.iter().zip(&mem_cap).all(|(u, c)| u <= c);
         let accepted = if fits {
-            let (m, cost) = eval(&mut engine, &cur);
+            let (m, cost) = eval(&mut engine, &cur, &bias);
             evals += 1;
             let delta = cost - cur_cost;
             let ok = delta <= 0.0 || (temp > 0.0 && rng.unit() < (-delta / temp).exp());
@@ -313,6 +362,7 @@ pub fn anneal(g: &Graph, start: &[DeviceId], seed: u64, budget: &Budget, best_bi
                 if m < best.makespan - 1e-12 {
                     best = Found {
                         placement: cur.clone(),
+                        bias: bias.clone(),
                         makespan: m,
                         evals,
                     };
@@ -336,11 +386,12 @@ pub fn anneal(g: &Graph, start: &[DeviceId], seed: u64, budget: &Budget, best_bi
         // Restart from the best when wandering too long.
         if since_best > 4000 + 4 * n as u64 {
             cur.clone_from(&best.placement);
+            bias.clone_from(&best.bias);
             used.iter_mut().for_each(|u| *u = 0);
             for (i, d) in cur.iter().enumerate() {
                 used[d.index()] += g.ops()[i].memory_bytes;
             }
-            let (m, cost) = eval(&mut engine, &cur);
+            let (m, cost) = eval(&mut engine, &cur, &bias);
             evals += 1;
             cur_m = m;
             cur_cost = cost;
@@ -371,15 +422,32 @@ pub fn parallel_anneal(
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let b = per_thread.clone();
-                s.spawn(move || anneal(g, start, seed.wrapping_mul(1_000_003).wrapping_add(t as u64), &b, best_bits))
+                s.spawn(move || {
+                    anneal(
+                        g,
+                        start,
+                        seed.wrapping_mul(1_000_003).wrapping_add(t as u64),
+                        &b,
+                        best_bits,
+                    )
+                })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("search thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("search thread panicked"))
+            .collect()
     });
     let evals = results.iter().map(|r| r.evals).sum();
     let mut best = results
         .into_iter()
-        .reduce(|a, b| if b.makespan < a.makespan - 1e-12 { b } else { a })
+        .reduce(|a, b| {
+            if b.makespan < a.makespan - 1e-12 {
+                b
+            } else {
+                a
+            }
+        })
         .expect("at least one thread");
     best.evals = evals;
     best

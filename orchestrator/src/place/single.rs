@@ -46,7 +46,13 @@ mod tests {
     #[test]
     fn says_which_device_lacks_how_much() {
         let err = place(&example_1()).unwrap_err().to_string();
-        assert!(err.contains("device 0 needs 44 bytes but has 14 (lacks 30)"), "{err}");
-        assert!(err.contains("device 2 needs 44 bytes but has 16 (lacks 28)"), "{err}");
+        assert!(
+            err.contains("device 0 needs 44 bytes but has 14 (lacks 30)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("device 2 needs 44 bytes but has 16 (lacks 28)"),
+            "{err}"
+        );
     }
 }

@@ -16,7 +16,10 @@ fn colour(i: usize) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Renders `s` (a schedule of `g`) as a standalone SVG document.
@@ -69,7 +72,12 @@ pub fn svg(g: &Graph, s: &Schedule) -> String {
             axis_y + 14.0
         );
     }
-    let _ = writeln!(out, r#"<text x="{}" y="{}" text-anchor="end">ms</text>"#, WIDTH - 5.0, axis_y + 14.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="end">ms</text>"#,
+        WIDTH - 5.0,
+        axis_y + 14.0
+    );
     for (i, o) in s.ops.iter().enumerate() {
         let (x0, x1) = (x(o.start_ms), x(o.end_ms));
         let y = lane_y(o.device as usize, 0);
@@ -85,7 +93,13 @@ pub fn svg(g: &Graph, s: &Schedule) -> String {
             o.end_ms
         );
         if w > 8.0 * o.id.len() as f64 {
-            let _ = write!(out, r#"<text x="{:.2}" y="{}" pointer-events="none">{}</text>"#, x0 + 2.0, y + LANE / 2.0 + 3.0, esc(&o.id));
+            let _ = write!(
+                out,
+                r#"<text x="{:.2}" y="{}" pointer-events="none">{}</text>"#,
+                x0 + 2.0,
+                y + LANE / 2.0 + 3.0,
+                esc(&o.id)
+            );
         }
         out.push('\n');
     }

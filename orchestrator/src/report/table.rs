@@ -91,7 +91,13 @@ pub fn csv(rows: &[Row]) -> String {
                 let _ = writeln!(out, "{},\"{}\",", c[..7].join(","), c[7]);
             }
             Err(e) => {
-                let _ = writeln!(out, "{},{},,,,,,,\"{}\"", r.graph, r.method, e.replace('"', "'"));
+                let _ = writeln!(
+                    out,
+                    "{},{},,,,,,,\"{}\"",
+                    r.graph,
+                    r.method,
+                    e.replace('"', "'")
+                );
             }
         }
     }
