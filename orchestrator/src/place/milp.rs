@@ -46,6 +46,7 @@ pub struct MilpResult {
 }
 
 /// `reach[i][j]`: a path leads from op i to op j (i != j).
+#[allow(clippy::needless_range_loop)]
 fn reachability(g: &Graph) -> Vec<Vec<bool>> {
     let n = g.num_ops();
     let mut reach = vec![vec![false; n]; n];
@@ -95,6 +96,8 @@ fn expr(terms: &[(Variable, f64)]) -> LinearExpr {
     terms.iter().copied().collect()
 }
 
+// Index loops mirror the model's subscripts (x_ik, u_qk'k''); iterators would hide them.
+#[allow(clippy::needless_range_loop)]
 /// Solves the exact model within `limit`, warm-started from `incumbent` (placement and its
 /// makespan) when given.
 pub fn solve(g: &Graph, limit: Duration, incumbent: Option<(&[DeviceId], f64)>) -> MilpResult {

@@ -83,7 +83,7 @@ pub fn place(
     let deadline = started + opts.time_limit;
     progress(Progress::Phase("baselines"));
     let mut best: Option<(Placement, f64)> = None;
-    let mut consider = |p: Placement, best: &mut Option<(Placement, f64)>| {
+    let consider = |p: Placement, best: &mut Option<(Placement, f64)>| {
         if memory_shortfall(g, &p).is_some() {
             return;
         }
