@@ -272,14 +272,15 @@ fn agents_without_or_with_wrong_credentials_never_join_an_orchestrator_with_a_de
 }
 
 #[test]
-#[ignore = "rumqttd 0.20 TLS listener thread panics (PoisonError, server/broker.rs:538) after a refused handshake; the good agent then never joins"]
-fn an_agent_joins_over_tls_end_to_end_and_one_trusting_another_ca_does_not() {
+// A second agent trusting another CA is left out: rumqttd 0.20's TLS listener thread panics
+// (PoisonError, server/broker.rs:538) after a refused handshake, and later agents could not
+// join; the refusal itself is checked in-process above.
+fn an_agent_joins_over_tls_end_to_end() {
     let dir = scratch("tls-e2e");
     let pki = TestPki::generate(&dir).expect("test PKI");
     let port = free_port();
-    let table = write(&dir, "devices", "good:pw-good\nrogue:pw-rogue\n");
+    let table = write(&dir, "devices", "good:pw-good\n");
     let good_pw = write(&dir, "good.pw", "pw-good\n");
-    let rogue_pw = write(&dir, "rogue.pw", "pw-rogue\n");
     let board = board(&dir);
     let s = |p: &Path| p.display().to_string();
     let mut orch = orchestrator(
@@ -302,18 +303,7 @@ fn an_agent_joins_over_tls_end_to_end_and_one_trusting_another_ca_does_not() {
         &url,
         &["--ca-file", &s(&pki.ca), "--password-file", &s(&good_pw)],
     );
-    let _rogue = agent(
-        "rogue",
-        &board,
-        &url,
-        &[
-            "--ca-file",
-            &s(&pki.rogue_server.cert),
-            "--password-file",
-            &s(&rogue_pw),
-        ],
-    );
-    only_joins(&mut orch, "good", &["rogue"]);
+    only_joins(&mut orch, "good", &[]);
     good.expect(0, SLOW, "an assignment over TLS", |l| {
         l.contains("assignment")
     });
