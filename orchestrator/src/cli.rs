@@ -24,6 +24,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run every method on every profiled graph in a folder; print Markdown and CSV.
     Bench(BenchArgs),
+    /// How the Moirai placer's quality and time scale: sub-graphs of one graph (the first N
+    /// ops in topological order) at several sizes.
+    BenchScale(BenchScaleArgs),
     /// Import ONNX models, fuse what the backend fuses at run time, print the fused kernels;
     /// with --cluster, cost them and (--out) write the profiled-graph/v1 JSON.
     Coarsen(CoarsenArgs),
@@ -138,4 +141,16 @@ pub struct CoarsenArgs {
     /// One Markdown table row per model instead of the signature lists.
     #[arg(long)]
     pub table: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchScaleArgs {
+    /// A profiled-graph/v1 JSON file (e.g. the transformer sample).
+    #[arg(long)]
+    pub graph: PathBuf,
+    /// Sub-graph sizes, comma-separated.
+    #[arg(long, default_value = "100,300,700,1373")]
+    pub sizes: String,
+    #[command(flatten)]
+    pub search: SearchArgs,
 }

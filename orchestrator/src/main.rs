@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => commands::plan::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::BenchScale(args) => commands::bench::run_scale(args),
         Command::Coarsen(args) => commands::coarsen::run(args),
         Command::Serve(args) => moirai_orchestrator::serve::run_blocking(args).map_err(Into::into),
         Command::Demo { demo, fleet } => {

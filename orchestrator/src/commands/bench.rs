@@ -5,7 +5,7 @@ use moirai_orchestrator::import::profiled;
 use moirai_orchestrator::report::table;
 
 use super::plan::{methods, options, run_methods};
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchScaleArgs};
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let opts = options(&args.search)?;
@@ -36,6 +36,74 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("{csv}");
     if let Some(path) = &args.csv {
         std::fs::write(path, &csv).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The first `n` ops of `g` in topological order, with the edges among them.
+fn prefix(g: &moirai_shared::Graph, n: usize) -> Result<moirai_shared::Graph> {
+    let keep: Vec<_> = g.topo_order().iter().take(n).copied().collect();
+    let mut index = vec![None; g.num_ops()];
+    for (i, op) in keep.iter().enumerate() {
+        index[op.index()] = Some(i);
+    }
+    let ops = keep.iter().map(|&o| g.op(o).clone()).collect();
+    let edges = g
+        .edges()
+        .iter()
+        .filter_map(|e| {
+            let (s, d) = (index[e.src.index()]?, index[e.dst.index()]?);
+            Some(moirai_shared::graph::Edge {
+                src: s.into(),
+                dst: d.into(),
+                ..e.clone()
+            })
+        })
+        .collect();
+    Ok(moirai_shared::Graph::new(
+        format!("{}[:{}]", g.name, keep.len()),
+        g.devices().to_vec(),
+        ops,
+        edges,
+    )?)
+}
+
+/// `moirai bench-scale`: best baseline vs the Moirai placer on growing sub-graphs.
+pub fn run_scale(args: BenchScaleArgs) -> Result<()> {
+    use moirai_orchestrator::place::{self, Method};
+    use std::time::Instant;
+    let opts = options(&args.search)?;
+    let g = profiled::load(&args.graph)?;
+    println!(
+        "| ops | edges | best baseline | baselines s | moirai | moirai s | lower bound | gap |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for size in args.sizes.split(',') {
+        let n: usize = size
+            .trim()
+            .parse()
+            .with_context(|| format!("bad size `{size}`"))?;
+        let sub = prefix(&g, n)?;
+        let bound = place::lower_bound(&sub);
+        let t = Instant::now();
+        let best = Method::ALL
+            .iter()
+            .filter_map(|&m| place::place(&sub, m, &opts, &bound).ok())
+            .map(|p| (p.makespan(), p.schedule.method.clone()))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        let base_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let m = place::place(&sub, Method::Moirai, &opts, &bound)?;
+        let (bm, bname) = best.map_or((f64::NAN, "-".to_string()), |b| b);
+        println!(
+            "| {} | {} | {bm:.4} ({bname}) | {base_s:.2} | {:.4} | {:.2} | {:.4} | {:.1}% |",
+            sub.num_ops(),
+            sub.edges().len(),
+            m.makespan(),
+            t.elapsed().as_secs_f64(),
+            m.bound.value_ms,
+            100.0 * m.gap()
+        );
     }
     Ok(())
 }

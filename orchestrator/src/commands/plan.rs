@@ -83,9 +83,41 @@ pub fn run_methods(g: &Graph, methods: &[Method], opts: &PlaceOptions) -> Vec<ta
         .map(|&m| table::Row {
             graph: g.name.clone(),
             method: m.name().to_string(),
-            outcome: place::place(g, m, opts, &bound).map_err(|e| e.to_string()),
+            outcome: place_with_bar(g, m, opts, &bound).map_err(|e| e.to_string()),
         })
         .collect()
+}
+
+/// Runs one method; for the anytime placer, a spinner on stderr shows the phase, the
+/// incumbent and the bound as they improve (hidden when stderr is not a terminal).
+fn place_with_bar(
+    g: &Graph,
+    m: Method,
+    opts: &PlaceOptions,
+    bound: &moirai_orchestrator::bound::LowerBound,
+) -> Result<Plan, place::PlaceError> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use moirai_orchestrator::place::moirai::Progress;
+    if m != Method::Moirai {
+        return place::place(g, m, opts, bound);
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("a valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let lb = bound.value_ms;
+    let report = |p: Progress| match p {
+        Progress::Phase(name) => bar.set_prefix(name),
+        Progress::Incumbent { makespan_ms, .. } => bar.set_message(format!(
+            "{}: incumbent {makespan_ms:.4} ms, bound {lb:.4} ms, gap {:.1}%",
+            g.name,
+            100.0 * (makespan_ms - lb).max(0.0) / makespan_ms.max(1e-12)
+        )),
+    };
+    let out = place::place_with_progress(g, m, opts, bound, &report);
+    bar.finish_and_clear();
+    out
 }
 
 /// The best plan among the rows.
