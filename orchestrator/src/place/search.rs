@@ -68,6 +68,29 @@ pub struct Found {
     pub evals: u64,
 }
 
+impl Found {
+    /// Keeps `(placement, bias)` when it beats the best so far and publishes its makespan to
+    /// the other threads; true when it did.
+    fn offer(
+        &mut self,
+        placement: &[DeviceId],
+        bias: &[f64],
+        makespan: f64,
+        evals: u64,
+        shared: &AtomicU64,
+    ) -> bool {
+        if makespan >= self.makespan - 1e-12 {
+            return false;
+        }
+        self.placement = placement.to_vec();
+        self.bias = bias.to_vec();
+        self.makespan = makespan;
+        self.evals = evals;
+        shared.fetch_min(makespan.to_bits(), Ordering::Relaxed);
+        true
+    }
+}
+
 /// Precomputed structure the moves use.
 struct Moves<'g> {
     g: &'g Graph,
@@ -235,13 +258,13 @@ pub fn anneal(
     for (i, d) in cur.iter().enumerate() {
         used[d.index()] += g.ops()[i].memory_bytes;
     }
-    let (mut cur_m, mut cur_cost) = eval(&mut engine, &cur, &bias);
+    let (start_m, mut cur_cost) = eval(&mut engine, &cur, &bias);
     evals += 1;
     let mut critical = critical_ops(&engine);
     let mut best = Found {
         placement: cur.clone(),
         bias: bias.clone(),
-        makespan: cur_m,
+        makespan: start_m,
         evals,
     };
     let total = budget
@@ -285,17 +308,9 @@ pub fn anneal(
             let (m, cost) = eval(&mut engine, &cur, &bias);
             evals += 1;
             if cost <= cur_cost {
-                cur_m = m;
                 cur_cost = cost;
-                if m < best.makespan - 1e-12 {
-                    best = Found {
-                        placement: cur.clone(),
-                        bias: bias.clone(),
-                        makespan: m,
-                        evals,
-                    };
+                if best.offer(&cur, &bias, m, evals, best_bits) {
                     since_best = 0;
-                    best_bits.fetch_min(m.to_bits(), Ordering::Relaxed);
                 }
                 critical = critical_ops(&engine);
             } else {
@@ -357,17 +372,9 @@ pub fn anneal(
             let delta = cost - cur_cost;
             let ok = delta <= 0.0 || (temp > 0.0 && rng.unit() < (-delta / temp).exp());
             if ok {
-                cur_m = m;
                 cur_cost = cost;
-                if m < best.makespan - 1e-12 {
-                    best = Found {
-                        placement: cur.clone(),
-                        bias: bias.clone(),
-                        makespan: m,
-                        evals,
-                    };
+                if best.offer(&cur, &bias, m, evals, best_bits) {
                     since_best = 0;
-                    best_bits.fetch_min(m.to_bits(), Ordering::Relaxed);
                 }
                 critical = critical_ops(&engine);
             }
@@ -391,14 +398,12 @@ pub fn anneal(
             for (i, d) in cur.iter().enumerate() {
                 used[d.index()] += g.ops()[i].memory_bytes;
             }
-            let (m, cost) = eval(&mut engine, &cur, &bias);
+            let (_, cost) = eval(&mut engine, &cur, &bias);
             evals += 1;
-            cur_m = m;
             cur_cost = cost;
             critical = critical_ops(&engine);
             since_best = 0;
         }
-        let _ = cur_m;
     }
     best.evals = evals;
     best
