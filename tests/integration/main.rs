@@ -1,6 +1,7 @@
 //! Workspace integration tests, one module per area.
 
 mod boards;
+mod broker;
 mod coarsen;
 mod fleet;
 mod import;
