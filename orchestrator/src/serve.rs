@@ -26,10 +26,10 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{self, BrokerError};
 use crate::bus;
-use crate::fleet::store::ProfileStore;
 use crate::fleet::life::Liveness;
-use crate::fleet::{view, Fleet, FleetConfig, Outbound};
 use crate::fleet::model::{FleetModel, PlanDevice};
+use crate::fleet::store::ProfileStore;
+use crate::fleet::{view, Fleet, FleetConfig, Outbound};
 use crate::replan::{CurrentPlan, PlaceFn, ReplanError, Replanner};
 
 #[derive(Debug, Error)]
@@ -78,7 +78,10 @@ pub struct ServeOptions {
 #[derive(Clone, Debug)]
 pub enum ServeEvent {
     /// Connected to the broker (embedded or not) at this address.
-    Connected { broker: BrokerAddr, embedded: bool },
+    Connected {
+        broker: BrokerAddr,
+        embedded: bool,
+    },
     Joined {
         name: String,
         board: String,
@@ -91,14 +94,19 @@ pub enum ServeEvent {
         bd_seq: u64,
         previous: u64,
     },
-    Left { name: String, why: String },
+    Left {
+        name: String,
+        why: String,
+    },
     ProfileProgress {
         board: String,
         agent: String,
         done: u32,
         total: u32,
     },
-    Replanning { reasons: Vec<String> },
+    Replanning {
+        reasons: Vec<String>,
+    },
     /// A plan was published to every agent.
     Planned {
         plan: Arc<CurrentPlan>,
@@ -107,7 +115,9 @@ pub enum ServeEvent {
     },
     PlanFailed(String),
     /// Undecodable or oversized payloads dropped so far.
-    Dropped { total: u64 },
+    Dropped {
+        total: u64,
+    },
 }
 
 /// The fleet snapshot is republished at least this often (for its "last seen" column).
@@ -173,10 +183,8 @@ pub async fn run(
     let mut replanner = Some(Replanner::new(opts.model, opts.place, opts.time_limit));
     let mut queued: Option<Vec<String>> = None;
     let mut current: Option<Arc<CurrentPlan>> = None;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(
-        Replanner,
-        Result<Arc<CurrentPlan>, ReplanError>,
-    )>();
+    let (done_tx, mut done_rx) =
+        mpsc::unbounded_channel::<(Replanner, Result<Arc<CurrentPlan>, ReplanError>)>();
     let start = Instant::now();
     let mut ticker = tokio::time::interval(opts.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -269,9 +277,12 @@ pub async fn run(
         }
         for out in outs {
             match out {
-                Outbound::Command { name, command } => {
-                    publish(&client, topics.agent(&name, TopicKind::Command), &command, false)
-                }
+                Outbound::Command { name, command } => publish(
+                    &client,
+                    topics.agent(&name, TopicKind::Command),
+                    &command,
+                    false,
+                ),
                 Outbound::Profile { name, request } => publish(
                     &client,
                     topics.agent(&name, TopicKind::ProfileRequest),
@@ -314,7 +325,9 @@ pub async fn run(
                         reasons: reasons.clone(),
                     });
                     tokio::task::spawn_blocking(move || {
-                        let result = r.replan(devices, &store, reasons).map(|p| Arc::new(p.clone()));
+                        let result = r
+                            .replan(devices, &store, reasons)
+                            .map(|p| Arc::new(p.clone()));
                         let _ = tx.send((r, result));
                     });
                 }
@@ -478,9 +491,7 @@ impl FleetArgs {
             fleet: self.fleet_config(),
             store_path: self.store.clone(),
             time_limit: Duration::from_millis(self.time_limit_ms),
-            tick: Duration::from_millis(
-                (self.heartbeat_timeout_ms / 10).clamp(5, 100),
-            ),
+            tick: Duration::from_millis((self.heartbeat_timeout_ms / 10).clamp(5, 100)),
             max_connections: 1024,
             place,
             security: Default::default(),
@@ -557,7 +568,13 @@ pub fn plan_table(plan: &CurrentPlan) -> String {
         plan.coverage.measured,
         plan.coverage.roofline
     );
-    let w = plan.agents.iter().map(|a| a.len()).max().unwrap_or(5).max(5);
+    let w = plan
+        .agents
+        .iter()
+        .map(|a| a.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     out.push_str(&format!(
         "{:<w$}  {:>4}  {:>9}  {:>4}  {:>4}  ops\n",
         "agent", "ops", "busy ms", "recv", "send"
@@ -613,9 +630,14 @@ pub fn placer() -> PlaceFn {
             warm_start: warm.cloned(),
             ..Default::default()
         };
-        crate::place::place(g, crate::place::Method::Moirai, &opts, &crate::place::lower_bound(g))
-            .map(|p| p.schedule)
-            .map_err(|e| e.to_string())
+        crate::place::place(
+            g,
+            crate::place::Method::Moirai,
+            &opts,
+            &crate::place::lower_bound(g),
+        )
+        .map(|p| p.schedule)
+        .map_err(|e| e.to_string())
     })
 }
 
