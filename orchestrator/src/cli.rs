@@ -92,6 +92,11 @@ pub struct SearchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Stop each search thread after this many simulated schedules: the plan then depends
+    /// only on the seed, the threads and this count, not on the machine's speed (give a
+    /// generous --time-limit).
+    #[arg(long)]
+    pub max_evals: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -84,3 +84,20 @@ fn every_method_on_every_sample_validates() {
         }
     }
 }
+
+#[test]
+fn an_evaluation_budget_makes_the_moirai_placer_reproducible() {
+    let Some(dir) = samples() else { return };
+    let g = profiled::load(&dir.join("googlenet.json")).unwrap();
+    let bound = place::lower_bound(&g);
+    let opts = PlaceOptions {
+        time_limit: Duration::from_secs(120),
+        max_evals: Some(3000),
+        seed: 11,
+        ..quick()
+    };
+    let a = place::place(&g, Method::Moirai, &opts, &bound).unwrap();
+    let b = place::place(&g, Method::Moirai, &opts, &bound).unwrap();
+    assert_eq!(a.schedule.placement(&g), b.schedule.placement(&g));
+    assert_eq!(a.makespan(), b.makespan());
+}

@@ -26,6 +26,7 @@ pub fn options(s: &SearchArgs) -> Result<PlaceOptions> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1),
         warm_start: None,
+        max_evals: s.max_evals,
     })
 }
 

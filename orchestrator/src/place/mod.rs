@@ -98,6 +98,10 @@ pub struct PlaceOptions {
     pub threads: usize,
     /// A placement to start from (e.g. the plan in force before a device joined).
     pub warm_start: Option<Placement>,
+    /// Stop each search thread after this many simulations: with it the result no longer
+    /// depends on the machine's speed (same seed, threads and limit, same plan), provided
+    /// the time limit does not strike first.
+    pub max_evals: Option<u64>,
 }
 
 impl Default for PlaceOptions {
@@ -107,6 +111,7 @@ impl Default for PlaceOptions {
             seed: 0,
             threads: 1,
             warm_start: None,
+            max_evals: None,
         }
     }
 }

@@ -174,7 +174,7 @@ pub fn place(
         let best_bits = AtomicU64::new(makespan.to_bits());
         let budget = Budget {
             deadline,
-            max_evals: None,
+            max_evals: opts.max_evals,
         };
         // Report improvements as they land (polled; the search threads stay lock-free).
         let done = std::sync::atomic::AtomicBool::new(false);

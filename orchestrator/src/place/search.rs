@@ -226,6 +226,39 @@ pub fn critical_ops(engine: &Engine<'_>) -> Vec<OpId> {
     path
 }
 
+/// The critical path of the current schedule, each op weighted by its run time.
+struct Critical {
+    ops: Vec<OpId>,
+    /// Cumulative run times along `ops`, for picking proportionally.
+    cumulative: Vec<f64>,
+}
+
+impl Critical {
+    fn of(engine: &Engine<'_>, p: &[DeviceId]) -> Self {
+        let g = engine.graph();
+        let ops = critical_ops(engine);
+        let mut sum = 0.0;
+        let cumulative = ops
+            .iter()
+            .map(|&o| {
+                // A floor keeps zero-time ops reachable.
+                sum += g.time(o, p[o.index()]).max(1e-6);
+                sum
+            })
+            .collect();
+        Self { ops, cumulative }
+    }
+
+    /// A critical op, the longer ones more often: moving them off a busy device is what
+    /// shortens the schedule.
+    fn pick(&self, rng: &mut Rng) -> Option<OpId> {
+        let total = *self.cumulative.last()?;
+        let x = rng.unit() * total;
+        let i = self.cumulative.partition_point(|&c| c <= x);
+        Some(self.ops[i.min(self.ops.len() - 1)])
+    }
+}
+
 /// Simulated annealing from `start`; returns the best placement seen.
 pub fn anneal(
     g: &Graph,
@@ -260,7 +293,7 @@ pub fn anneal(
     }
     let (start_m, mut cur_cost) = eval(&mut engine, &cur, &bias);
     evals += 1;
-    let mut critical = critical_ops(&engine);
+    let mut critical = Critical::of(&engine, &cur);
     let mut best = Found {
         placement: cur.clone(),
         bias: bias.clone(),
@@ -282,14 +315,22 @@ pub fn anneal(
         if budget.max_evals.is_some_and(|m| evals >= m) || Instant::now() >= budget.deadline {
             break;
         }
-        let progress = (t_start.elapsed().as_secs_f64() / total).min(1.0);
+        // Cooling follows the evaluation budget when there is one, so that a run with
+        // `max_evals` does not depend on the machine's speed.
+        let progress = match budget.max_evals {
+            Some(m) => evals as f64 / m.max(1) as f64,
+            None => t_start.elapsed().as_secs_f64() / total,
+        }
+        .min(1.0);
         let temp = 0.004 * best.makespan * (1.0 - progress).powi(2);
-        // Pick an op: mostly on the critical path.
-        let op = if !critical.is_empty() && rng.unit() < 0.7 {
-            critical[rng.below(critical.len())]
+        // Pick an op: mostly on the critical path, the longer ones more often (moving
+        // them off a busy device is what shortens the schedule).
+        let on_path = if rng.unit() < 0.7 {
+            critical.pick(&mut rng)
         } else {
-            OpId::from(rng.below(n))
+            None
         };
+        let op = on_path.unwrap_or_else(|| OpId::from(rng.below(n)));
         let target = {
             let d = DeviceId::from(rng.below(k - 1));
             if d >= cur[op.index()] {
@@ -312,14 +353,32 @@ pub fn anneal(
                 if best.offer(&cur, &bias, m, evals, best_bits) {
                     since_best = 0;
                 }
-                critical = critical_ops(&engine);
+                critical = Critical::of(&engine, &cur);
             } else {
                 bias[op.index()] = old;
             }
             continue;
         }
-        if r < 0.30 {
+        if r < 0.26 {
             changed.push((op.index(), target));
+        } else if r < 0.38 {
+            // Trade: the op's chain goes to the target device, and one chain already there
+            // comes back to the op's device. Offloads compete for ports; swapping one for
+            // another is a single step instead of an uphill walk.
+            let home = cur[op.index()];
+            for &o in &moves.chain_of[op.index()] {
+                changed.push((o.index(), target));
+            }
+            if let Some(other) = (0..32)
+                .map(|_| OpId::from(rng.below(n)))
+                .find(|o| cur[o.index()] == target)
+            {
+                for &o in &moves.chain_of[other.index()] {
+                    if !changed.iter().any(|&(i, _)| i == o.index()) {
+                        changed.push((o.index(), home));
+                    }
+                }
+            }
         } else if r < 0.45 {
             for &o in &moves.chain_of[op.index()] {
                 changed.push((o.index(), target));
@@ -376,7 +435,7 @@ pub fn anneal(
                 if best.offer(&cur, &bias, m, evals, best_bits) {
                     since_best = 0;
                 }
-                critical = critical_ops(&engine);
+                critical = Critical::of(&engine, &cur);
             }
             ok
         } else {
@@ -401,7 +460,7 @@ pub fn anneal(
             let (_, cost) = eval(&mut engine, &cur, &bias);
             evals += 1;
             cur_cost = cost;
-            critical = critical_ops(&engine);
+            critical = Critical::of(&engine, &cur);
             since_best = 0;
         }
     }
