@@ -140,6 +140,10 @@ pub struct Plan {
     pub bound: LowerBound,
     /// True when the method proved the makespan optimal.
     pub optimal: bool,
+    /// Seconds from the start until the final makespan was first found (to within the
+    /// placer's 50 ms progress polling); the rest of `solve_seconds` went into trying to
+    /// improve it or to prove it.
+    pub reached_seconds: f64,
 }
 
 impl Plan {
@@ -182,6 +186,19 @@ pub fn place_with_progress(
     progress: &(dyn Fn(moirai::Progress) + Sync),
 ) -> Result<Plan, PlaceError> {
     let started = Instant::now();
+    let last_incumbent = std::sync::Mutex::new(None);
+    let tracked = |p: moirai::Progress| {
+        if let moirai::Progress::Incumbent {
+            makespan_ms,
+            elapsed,
+        } = p
+        {
+            if let Ok(mut last) = last_incumbent.lock() {
+                *last = Some((makespan_ms, elapsed));
+            }
+        }
+        progress(p);
+    };
     let placed = match method {
         Method::Single => single::place(g)?,
         Method::Heft => heft::place(g)?,
@@ -189,9 +206,14 @@ pub fn place_with_progress(
         Method::MEtf => metf::place(g)?,
         Method::MSct => msct::place(g)?,
         Method::Getf => getf::place(g)?,
-        Method::Moirai => moirai::place(g, opts, progress)?,
+        Method::Moirai => moirai::place(g, opts, &tracked)?,
     };
-    finish(g, method.name(), placed, started, bound)
+    let mut plan = finish(g, method.name(), placed, started, bound)?;
+    let last = last_incumbent.into_inner().ok().flatten();
+    if let Some((_, at)) = last.filter(|(m, _)| (m - plan.makespan()).abs() <= 1e-9 * (1.0 + m)) {
+        plan.reached_seconds = at.as_secs_f64();
+    }
+    Ok(plan)
 }
 
 /// Stamps name, bound and time on a schedule and validates it.
@@ -219,10 +241,12 @@ pub fn finish(
         method: method.to_string(),
         violation,
     })?;
+    let reached_seconds = schedule.solve_seconds;
     Ok(Plan {
         schedule,
         bound,
         optimal: placed.optimal,
+        reached_seconds,
     })
 }
 

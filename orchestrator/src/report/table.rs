@@ -25,6 +25,7 @@ fn cells(r: &Row) -> Vec<String> {
                 format!("{:.1}%", 100.0 * p.gap())
             },
             format!("{:.3}", p.schedule.solve_seconds),
+            format!("{:.3}", p.reached_seconds),
             p.schedule
                 .devices_used()
                 .iter()
@@ -40,12 +41,13 @@ fn cells(r: &Row) -> Vec<String> {
             "-".into(),
             "-".into(),
             "-".into(),
+            "-".into(),
             format!("({e})"),
         ],
     }
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "graph",
     "method",
     "makespan_ms",
@@ -53,6 +55,7 @@ const HEADER: [&str; 8] = [
     "ratio",
     "gap",
     "solve_s",
+    "reached_s",
     "devices",
 ];
 
@@ -88,12 +91,12 @@ pub fn csv(rows: &[Row]) -> String {
         match &r.outcome {
             Ok(_) => {
                 let c = cells(r);
-                let _ = writeln!(out, "{},\"{}\",", c[..7].join(","), c[7]);
+                let _ = writeln!(out, "{},\"{}\",", c[..8].join(","), c[8]);
             }
             Err(e) => {
                 let _ = writeln!(
                     out,
-                    "{},{},,,,,,,\"{}\"",
+                    "{},{},,,,,,,,\"{}\"",
                     r.graph,
                     r.method,
                     e.replace('"', "'")
