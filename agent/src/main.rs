@@ -121,7 +121,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("moirai-agent: {e:#}");
-            ExitCode::FAILURE
+            let status = e
+                .downcast_ref::<moirai_agent::link::cli::ConnectError>()
+                .map_or(1, |c| c.exit_status());
+            ExitCode::from(status)
         }
     }
 }

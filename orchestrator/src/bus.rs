@@ -52,6 +52,28 @@ pub fn filters(topics: &Topics) -> Vec<String> {
     .collect()
 }
 
+/// When a payload failed because its sender speaks another wire protocol, and it is a
+/// birth (sent once per session, so one refusal per attempt to join): the agent and the
+/// text to send it.
+pub fn refusal_for(topics: &Topics, topic: &str, error: &WireError) -> Option<(String, String)> {
+    let WireError::Version {
+        found, expected, ..
+    } = error
+    else {
+        return None;
+    };
+    match topics.parse(topic).ok()? {
+        Topic::Agent {
+            name,
+            kind: TopicKind::Birth,
+        } => Some((
+            name.to_string(),
+            moirai_shared::wire::refusal::protocol_mismatch(name.as_str(), *found, *expected),
+        )),
+        _ => None,
+    }
+}
+
 /// Decodes a publish. `Ok(None)`: a topic the fleet does not act on (its own state, a
 /// command echo). A name inside a payload must match the topic.
 pub fn decode_inbound(

@@ -114,6 +114,11 @@ pub enum ServeEvent {
         previous: Option<Arc<CurrentPlan>>,
     },
     PlanFailed(String),
+    /// An agent that cannot be served (another wire protocol); it was told why.
+    Refused {
+        name: String,
+        reason: String,
+    },
     /// Undecodable or oversized payloads dropped so far.
     Dropped {
         total: u64,
@@ -222,6 +227,14 @@ pub async fn run(
                         Err(e) => {
                             fleet.count_undecodable();
                             debug!(topic = %p.topic, error = %e, "payload dropped");
+                            if let Some((agent, text)) = bus::refusal_for(&topics, &p.topic, &e) {
+                                warn!(%agent, reason = %text, "agent refused");
+                                let to = topics.agent(&agent, TopicKind::Refused);
+                                if let Err(e) = client.try_publish(&to, QoS::AtLeastOnce, false, text.clone()) {
+                                    warn!(topic = %to, error = %e, "refusal not sent");
+                                }
+                                let _ = events.send(ServeEvent::Refused { name: agent, reason: text });
+                            }
                         }
                     }
                 }
@@ -553,6 +566,7 @@ pub fn describe(ev: &ServeEvent) -> Option<String> {
             s
         }
         ServeEvent::PlanFailed(e) => format!("plan failed: {e}"),
+        ServeEvent::Refused { name, reason } => format!("refused {name}: {reason}"),
         ServeEvent::Dropped { total } => format!("dropped {total} undecodable payloads so far"),
     })
 }

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use moirai_agent::link::REFUSED_EXIT;
 use moirai_shared::wire::life::Death;
 use moirai_shared::wire::topic::Topics;
-use moirai_shared::wire::{encode, TopicKind};
+use moirai_shared::wire::{encode, TopicKind, PROTOCOL_VERSION};
 use moirai_tests::fleet::{free_port, mosquitto, repo_root, scratch, wait_for_port, Proc};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_moirai-test-orchestrator");
@@ -145,33 +146,118 @@ fn bd_seq_of(orch: &mut Proc, name: &str) -> u64 {
 
 /// Publishes a death for `name` with `bd_seq`, as a broker delivering a stale Last Will would.
 fn inject_death(port: u16, name: &str, bd_seq: u64) {
+    let topic = Topics::default().agent(name, TopicKind::Death);
+    let bytes = encode(&Death { bd_seq }).expect("encodes");
+    publish_raw(port, "late-will", &topic, bytes, None);
+}
+
+/// Publishes `bytes` on `topic` as client `id` (QoS 1, waits for the PUBACK); with
+/// `listen`, first subscribes to that topic and returns the first payload seen on it
+/// within 20 s.
+fn publish_raw(
+    port: u16,
+    id: &str,
+    topic: &str,
+    bytes: Vec<u8>,
+    listen: Option<&str>,
+) -> Option<Vec<u8>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let opts = rumqttc::MqttOptions::new("late-will", "127.0.0.1", port);
+        let opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
-        let topic = Topics::default().agent(name, TopicKind::Death);
+        if let Some(l) = listen {
+            client
+                .subscribe(l, rumqttc::QoS::AtLeastOnce)
+                .await
+                .expect("queued");
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => break,
+                    Ok(_) => {}
+                    Err(e) => panic!("subscribing to {l}: {e}"),
+                }
+            }
+        }
         client
-            .publish(
-                topic,
-                rumqttc::QoS::AtLeastOnce,
-                false,
-                encode(&Death { bd_seq }).expect("encodes"),
-            )
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, bytes)
             .await
             .expect("queued");
+        let mut got = None;
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
-                Ok(_) => {}
-                Err(e) => panic!("injecting a death: {e}"),
+        let mut acked = false;
+        while t0.elapsed() < Duration::from_secs(20)
+            && !(acked && (listen.is_none() || got.is_some()))
+        {
+            match tokio::time::timeout(Duration::from_millis(500), el.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked = true,
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                    if Some(p.topic.as_str()) == listen {
+                        got = Some(p.payload.to_vec());
+                    }
+                }
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => panic!("publishing to {topic}: {e}"),
             }
         }
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+        got
+    })
+}
+
+#[test]
+fn agents_of_another_protocol_version_are_refused_with_a_reason_on_both_sides() {
+    let dir = scratch("refusal");
+    let port = free_port();
+    let mut orch = start_orchestrator(&dir, port, false);
+    let topics = Topics::default();
+
+    // A birth from a future agent: only its version byte and its topic can be trusted.
+    let mut birth = vec![PROTOCOL_VERSION + 1];
+    birth.extend_from_slice(b"anything a newer protocol might carry");
+    let refusal = publish_raw(
+        port,
+        "future-pi",
+        &topics.agent("future-pi", TopicKind::Birth),
+        birth,
+        Some(&topics.agent("future-pi", TopicKind::Refused)),
+    )
+    .expect("a refusal on the agent's refused topic");
+    let text = String::from_utf8(refusal).expect("plain text");
+    let future = format!("protocol {}", PROTOCOL_VERSION + 1);
+    let ours = format!("speaks {PROTOCOL_VERSION}");
+    assert!(text.contains(&future) && text.contains(&ours), "{text}");
+    orch.expect(0, SLOW, "the refusal", |l| {
+        l.starts_with("refused future-pi: ") && l.contains(&future)
+    });
+    assert_eq!(orch.count_from(0, |l| l.starts_with("joined future-pi")), 0);
+
+    // The agent side: told it is refused, a real agent stops with its own exit status
+    // and says why.
+    let b = board(&dir, "test-slow", 50.0);
+    let mut agent = start_agent(&dir, port, "old-pi", &b);
+    orch.expect(0, SLOW, "old-pi joining", |l| {
+        l.starts_with("joined old-pi ")
+    });
+    publish_raw(
+        port,
+        "tester",
+        &topics.agent("old-pi", TopicKind::Refused),
+        b"you are too old\x1b[2J".to_vec(),
+        None,
+    );
+    let status = agent.wait_exit(SLOW).expect("the agent stops");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(REFUSED_EXIT)),
+        "{}",
+        agent.tail(20)
+    );
+    agent.expect(0, SLOW, "the reason", |l| {
+        l.contains("refused this agent: you are too old[2J")
     });
 }
 

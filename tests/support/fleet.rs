@@ -151,6 +151,18 @@ impl Proc {
         self.seen.iter().skip(from).filter(|l| pred(l)).count()
     }
 
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL: no goodbye, no Last Will of its own making.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

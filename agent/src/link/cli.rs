@@ -28,6 +28,17 @@ pub enum ConnectError {
     TlsWithoutCa(String),
 }
 
+impl ConnectError {
+    /// The process exit status for this error: [`link::REFUSED_EXIT`] when the orchestrator
+    /// refused the agent (systemd must not restart it), 1 otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ConnectError::Link(link::LinkError::Refused(_)) => link::REFUSED_EXIT,
+            _ => 1,
+        }
+    }
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConnectArgs {
     /// Broker to connect to: mqtt://host:port.

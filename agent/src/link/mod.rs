@@ -36,7 +36,15 @@ use probe::{LinkProbe, ProbeStep};
 pub enum LinkError {
     #[error("cannot start the profiling thread: {0}")]
     Thread(std::io::Error),
+    /// The orchestrator will not serve this agent (e.g. another wire protocol); retrying
+    /// cannot help, so the agent stops (exit status [`REFUSED_EXIT`]).
+    #[error("the orchestrator refused this agent: {0}")]
+    Refused(String),
 }
+
+/// Exit status of an agent the orchestrator refused; the systemd unit does not restart on
+/// it (`RestartPreventExitStatus`).
+pub const REFUSED_EXIT: u8 = 78;
 
 /// Times one kernel on this machine.
 pub trait KernelTimer {
@@ -135,6 +143,7 @@ pub async fn run(
     // against `Outgoing::Publish` events to learn the probe's packet id.
     let mut publishes: VecDeque<bool> = VecDeque::new();
     let mut assignment: Option<Assignment> = None;
+    let mut refused: Option<String> = None;
     tokio::pin!(shutdown);
 
     let publish = |publishes: &mut VecDeque<bool>,
@@ -168,7 +177,7 @@ pub async fn run(
                     for a in life.on_connected() {
                         if a == LifeAction::Subscribe {
                             let mut subs = vec![topics.orch_state()];
-                            for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe] {
+                            for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe, TopicKind::Refused] {
                                 subs.push(topics.agent(&name, k));
                             }
                             for s in subs {
@@ -188,6 +197,12 @@ pub async fn run(
                             Ok(s) => actions = life.on_orch_state(&s),
                             Err(e) => debug!(error = %e, "orchestrator state dropped"),
                         },
+                        Ok(Topic::Agent { name: n, kind: TopicKind::Refused }) if n.as_str() == name => {
+                            let why = moirai_shared::wire::refusal::read(&p.payload);
+                            tracing::error!(reason = %why, "refused by the orchestrator; stopping");
+                            refused = Some(why);
+                            break;
+                        }
                         Ok(Topic::Agent { name: n, kind }) if n.as_str() == name => match kind {
                             TopicKind::Command => match decode::<Command>(&p.payload) {
                                 Ok(Command::Rebirth) => actions = life.on_rebirth(),
@@ -312,7 +327,10 @@ pub async fn run(
         }
     })
     .await;
-    Ok(())
+    match refused {
+        Some(why) => Err(LinkError::Refused(why)),
+        None => Ok(()),
+    }
 }
 
 /// Starts a probe; returns the sequence number of the small message to publish.

@@ -59,6 +59,54 @@ impl std::fmt::Display for MessageKind {
     }
 }
 
+/// The one message every protocol version can read: why the orchestrator refuses an agent.
+///
+/// An agent whose birth carries another protocol version cannot decode anything this
+/// orchestrator encodes, so the refusal travels as plain UTF-8 text on the agent's `refused`
+/// topic, a layout no version bump may change.
+pub mod refusal {
+    /// Longest refusal text an agent reads; the rest is cut.
+    pub const MAX_LEN: usize = 512;
+
+    /// The text sent to an agent speaking protocol `found` to an orchestrator speaking
+    /// `expected`.
+    pub fn protocol_mismatch(agent: &str, found: u8, expected: u8) -> String {
+        format!(
+            "agent `{agent}` speaks wire protocol {found}, this orchestrator speaks {expected}: \
+             refused; install an agent built for protocol {expected} (or upgrade the orchestrator)"
+        )
+    }
+
+    /// Reads a refusal payload: lossy UTF-8, at most [`MAX_LEN`] bytes, control characters
+    /// dropped (the text ends up in logs and terminals).
+    pub fn read(payload: &[u8]) -> String {
+        let cut = &payload[..payload.len().min(MAX_LEN)];
+        String::from_utf8_lossy(cut)
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn hostile_refusals_are_cut_and_cleaned() {
+            let mut p = b"bad\x1b[2J\n".to_vec();
+            p.extend(vec![b'x'; 2000]);
+            p.push(0xff);
+            let t = super::read(&p);
+            assert!(t.starts_with("bad[2J"));
+            assert_eq!(t.len(), super::MAX_LEN - 2);
+        }
+
+        #[test]
+        fn the_mismatch_names_both_versions() {
+            let t = super::protocol_mismatch("pi-1", 2, 1);
+            assert!(t.contains("`pi-1`") && t.contains("protocol 2") && t.contains("speaks 1"));
+        }
+    }
+}
+
 /// Why a payload or topic was rejected.
 #[derive(Debug, Error)]
 pub enum WireError {

@@ -14,6 +14,7 @@
 //! | `<p>/agent/<name>/profile/report` | agent | `ProfileReport` |
 //! | `<p>/agent/<name>/assign` | orchestrator | `Assignment` |
 //! | `<p>/agent/<name>/probe` | agent, to itself | `Probe` |
+//! | `<p>/agent/<name>/refused` | orchestrator | UTF-8 text, outside the codec (see [`super::refusal`]) |
 
 use super::{bounded, AgentName, WireError};
 
@@ -31,10 +32,11 @@ pub enum TopicKind {
     ProfileReport,
     Assign,
     Probe,
+    Refused,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 8] = [
+    pub const ALL: [TopicKind; 9] = [
         TopicKind::Birth,
         TopicKind::Death,
         TopicKind::Heartbeat,
@@ -43,6 +45,7 @@ impl TopicKind {
         TopicKind::ProfileReport,
         TopicKind::Assign,
         TopicKind::Probe,
+        TopicKind::Refused,
     ];
 
     fn suffix(self) -> &'static str {
@@ -55,6 +58,7 @@ impl TopicKind {
             TopicKind::ProfileReport => "profile/report",
             TopicKind::Assign => "assign",
             TopicKind::Probe => "probe",
+            TopicKind::Refused => "refused",
         }
     }
 }
