@@ -61,6 +61,8 @@ pub struct AgentConfig {
     pub probe_bytes: usize,
     /// TLS and login for the broker (default: plain TCP, no login).
     pub security: moirai_orchestrator::security::ClientSecurity,
+    /// Rollout: where releases go, and what to report once announced.
+    pub rollout: crate::rollout::RolloutSetup,
 }
 
 impl AgentConfig {
@@ -86,6 +88,7 @@ impl AgentConfig {
             host: None,
             probe_bytes: 256 << 10,
             security: Default::default(),
+            rollout: Default::default(),
         })
     }
 

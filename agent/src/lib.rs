@@ -21,4 +21,5 @@ pub mod gpu;
 pub mod kernels;
 pub mod link;
 pub mod profile;
+pub mod rollout;
 pub mod selftest;

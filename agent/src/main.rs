@@ -165,7 +165,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(command) = cli.command else {
-        return Ok(moirai_agent::link::cli::run(cli.connect, None)?);
+        let ended = moirai_agent::link::cli::run(cli.connect, None)?;
+        if ended.exit_status() != 0 {
+            // A rolled-out release took over: tell systemd to start `current` again.
+            std::process::exit(i32::from(ended.exit_status()));
+        }
+        return Ok(());
     };
     match command {
         Command::Adapters => {

@@ -41,6 +41,9 @@ pub enum Command {
     },
     /// Show the orchestrator's fleet registry as a table.
     Fleet(moirai_orchestrator::serve::FleetViewArgs),
+    /// Send a new agent binary to a share of the fleet; each agent tries it and rolls back
+    /// on its own if it does not come online. Exit status 0 only if the whole stage switched.
+    Rollout(moirai_orchestrator::rollout::RolloutArgs),
     /// Time from a new agent's birth to the new plan, with simulated agents.
     BenchFleet {
         #[command(flatten)]

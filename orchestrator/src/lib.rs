@@ -24,6 +24,7 @@ pub mod import;
 pub mod place;
 pub mod replan;
 pub mod report;
+pub mod rollout;
 pub mod security;
 pub mod serve;
 pub mod simulate;

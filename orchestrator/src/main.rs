@@ -36,6 +36,13 @@ fn main() -> ExitCode {
         Command::Fleet(args) => moirai_orchestrator::serve::show_fleet(args)
             .map(|_| ())
             .map_err(Into::into),
+        Command::Rollout(args) => match moirai_orchestrator::rollout::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(anyhow::anyhow!(
+                "the stage did not switch completely (see above)"
+            )),
+            Err(e) => Err(e.into()),
+        },
         Command::BenchFleet { bench, fleet } => {
             moirai_orchestrator::fleet_bench::run(bench, fleet).map_err(Into::into)
         }

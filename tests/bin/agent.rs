@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         )
         .init();
     match moirai_agent::link::cli::run(Cli::parse().connect, None) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(ended) => ExitCode::from(ended.exit_status()),
         Err(e) => {
             eprintln!("moirai-test-agent: {e}");
             ExitCode::from(e.exit_status())

@@ -6,4 +6,5 @@ mod coarsen;
 mod fleet;
 mod import;
 mod placement;
+mod rollout;
 mod security;

@@ -11,6 +11,9 @@ use thiserror::Error;
 use crate::config::{load_board, AgentConfig, ConfigError};
 use crate::gpu::AdapterChoice;
 use crate::link;
+use crate::rollout::{self, Install, RolloutSetup, TrialEnv};
+use moirai_shared::wire::rollout::{UpgradeState, UpgradeStatus};
+use moirai_shared::wire::truncated;
 
 #[derive(Debug, Error)]
 pub enum ConnectError {
@@ -26,6 +29,28 @@ pub enum ConnectError {
     Security(#[from] moirai_orchestrator::security::SecurityError),
     #[error("broker {0} asks for TLS: give --ca-file (the CA that signed its certificate)")]
     TlsWithoutCa(String),
+    #[error(transparent)]
+    Rollout(#[from] rollout::RolloutError),
+}
+
+/// How a connected agent ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// SIGINT or SIGTERM.
+    Stopped,
+    /// A rolled-out release is online in its own process and is now `current`.
+    Switched { version: String, pid: u32 },
+}
+
+impl Ended {
+    /// The process exit status: 0, or [`rollout::SWITCHED_EXIT`] so that systemd starts the
+    /// new `current` (a plain exit 0 would not be restarted).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Ended::Stopped => 0,
+            Ended::Switched { .. } => rollout::SWITCHED_EXIT,
+        }
+    }
 }
 
 impl ConnectError {
@@ -74,8 +99,8 @@ pub struct ConnectArgs {
     pub security: moirai_orchestrator::security::ClientSecurityArgs,
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<(), ConnectError> {
+/// Runs the agent until SIGINT or SIGTERM, or until a rolled-out release took over.
+pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectError> {
     let (Some(broker), Some(config), Some(name)) = (&args.broker, &args.config, &args.name) else {
         return Err(ConnectError::MissingArgs);
     };
@@ -111,25 +136,70 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<(), ConnectErro
             cfg.board.name, info.name, info.backend
         ),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(ConnectError::Runtime)?;
-    rt.block_on(async move {
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+    cfg.rollout = RolloutSetup {
+        install: Install::of_this_process(),
+        exe_name: std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "moirai-agent".into()),
+        trial: TrialEnv::from_env(),
+        report: None,
+    };
+    // The trial process of a later rollout gets exactly these arguments.
+    let own_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut first = Some((info, timer));
+    loop {
+        let (info, timer) = first
+            .take()
+            .unwrap_or_else(|| link::timer::open(&choice, args.cpu));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(ConnectError::Runtime)?;
+        let run_cfg = cfg.clone();
+        let staged = rt.block_on(async move {
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            #[cfg(unix)]
+            let shutdown = async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            };
+            link::run(run_cfg, info, timer, None, shutdown).await
+        })?;
+        let Some(staged) = staged else {
+            return Ok(Ended::Stopped);
         };
-        #[cfg(unix)]
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = shutdown => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        let rollout_id = staged.offer.rollout;
+        let version = staged.offer.version.to_string();
+        let install = cfg
+            .rollout
+            .install
+            .clone()
+            .ok_or(rollout::RolloutError::NoInstall)?;
+        println!("agent {name}: trying release {version}");
+        match rollout::trial(&install, staged, &own_args) {
+            rollout::TrialOutcome::Switched { pid } => {
+                println!("agent {name}: release {version} is online (pid {pid}) and current; this process steps down");
+                return Ok(Ended::Switched { version, pid });
             }
-        };
-        link::run(cfg, info, timer, None, shutdown).await
-    })?;
-    Ok(())
+            rollout::TrialOutcome::RolledBack { reason } => {
+                println!("agent {name}: release {version} rolled back: {reason}");
+                tracing::warn!(%version, %reason, "rolled back");
+                cfg.rollout.trial = None;
+                cfg.rollout.report = Some(UpgradeStatus {
+                    rollout: rollout_id,
+                    state: UpgradeState::RolledBack {
+                        reason: truncated(&reason),
+                    },
+                });
+            }
+        }
+    }
 }

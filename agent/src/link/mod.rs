@@ -29,7 +29,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
+use crate::rollout::{Receiving, RolloutError, Staged};
 use life::{AgentLife, LifeAction};
+use moirai_shared::wire::rollout::{UpgradeChunk, UpgradeOffer, UpgradeState, UpgradeStatus};
 use probe::{LinkProbe, ProbeStep};
 
 #[derive(Debug, Error)]
@@ -87,15 +89,16 @@ struct Profiling {
     request: ProfileRequest,
 }
 
-/// Runs the agent until `shutdown` resolves. Never returns an error for network trouble: it
-/// reconnects.
+/// Runs the agent until `shutdown` resolves, or until a rolled-out binary arrived whole
+/// (returned, for the caller to try it after this loop left the broker). Never returns an
+/// error for network trouble: it reconnects.
 pub async fn run(
     cfg: AgentConfig,
     adapter: AdapterInfo,
     timer: TimerFactory,
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), LinkError> {
+) -> Result<Option<Staged>, LinkError> {
     let name = cfg.name.to_string();
     let topics = cfg.topics.clone();
     let scale = cfg.scale();
@@ -144,6 +147,25 @@ pub async fn run(
     let mut publishes: VecDeque<bool> = VecDeque::new();
     let mut assignment: Option<Assignment> = None;
     let mut refused: Option<String> = None;
+    let mut rollout = cfg.rollout.clone();
+    let mut receiving: Option<Receiving> = None;
+    let mut staged: Option<Staged> = None;
+    let upgrade_status = |rollout: u64, state: UpgradeState| {
+        let msg = UpgradeStatus { rollout, state };
+        match encode(&msg) {
+            Ok(b) => {
+                if let Err(e) = client.try_publish(
+                    topics.agent(&name, TopicKind::UpgradeStatus),
+                    QoS::AtLeastOnce,
+                    false,
+                    b,
+                ) {
+                    warn!(error = %e, "upgrade status dropped");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot encode an upgrade status"),
+        }
+    };
     tokio::pin!(shutdown);
 
     let publish = |publishes: &mut VecDeque<bool>,
@@ -177,7 +199,7 @@ pub async fn run(
                     for a in life.on_connected() {
                         if a == LifeAction::Subscribe {
                             let mut subs = vec![topics.orch_state()];
-                            for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe, TopicKind::Refused] {
+                            for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe, TopicKind::Refused, TopicKind::UpgradeOffer, TopicKind::UpgradeChunk] {
                                 subs.push(topics.agent(&name, k));
                             }
                             for s in subs {
@@ -203,6 +225,47 @@ pub async fn run(
                             refused = Some(why);
                             break;
                         }
+                        Ok(Topic::Agent { name: n, kind: TopicKind::UpgradeOffer }) if n.as_str() == name => match decode::<UpgradeOffer>(&p.payload) {
+                            Ok(offer) => {
+                                if let Some(r) = receiving.take() {
+                                    r.abandon();
+                                }
+                                let id = offer.rollout;
+                                info!(rollout = id, version = %offer.version, bytes = offer.size, "upgrade offered");
+                                let started = match &rollout.install {
+                                    Some(i) => Receiving::start(i, offer, &rollout.exe_name),
+                                    None => Err(RolloutError::NoInstall),
+                                };
+                                match started {
+                                    Ok(r) => receiving = Some(r),
+                                    Err(e) => {
+                                        warn!(error = %e, "upgrade refused");
+                                        upgrade_status(id, UpgradeState::Refused { reason: truncated(&e.to_string()) });
+                                    }
+                                }
+                            }
+                            Err(e) => warn!(error = %e, "upgrade offer dropped"),
+                        },
+                        Ok(Topic::Agent { name: n, kind: TopicKind::UpgradeChunk }) if n.as_str() == name => match (decode::<UpgradeChunk>(&p.payload), receiving.as_mut()) {
+                            (Ok(c), Some(r)) if c.rollout == r.offer.rollout => match r.chunk(&c, &rollout.exe_name) {
+                                Ok(None) => {}
+                                Ok(Some(s)) => {
+                                    info!(version = %s.offer.version, binary = %s.binary.display(), "upgrade staged; trying it");
+                                    upgrade_status(s.offer.rollout, UpgradeState::Staged);
+                                    staged = Some(s);
+                                    break;
+                                }
+                                Err(e) => {
+                                    warn!(error = %e, "upgrade refused");
+                                    upgrade_status(c.rollout, UpgradeState::Refused { reason: truncated(&e.to_string()) });
+                                    if let Some(r) = receiving.take() {
+                                        r.abandon();
+                                    }
+                                }
+                            },
+                            (Ok(_), _) => debug!("chunk of no current upgrade dropped"),
+                            (Err(e), _) => warn!(error = %e, "upgrade chunk dropped"),
+                        },
                         Ok(Topic::Agent { name: n, kind }) if n.as_str() == name => match kind {
                             TopicKind::Command => match decode::<Command>(&p.payload) {
                                 Ok(Command::Rebirth) => actions = life.on_rebirth(),
@@ -257,6 +320,15 @@ pub async fn run(
                                 publish(&mut publishes, topics.agent(&name, TopicKind::Birth), QoS::AtLeastOnce, b, false);
                                 info!(bd_seq = life.bd_seq(), "announced");
                                 emit(AgentEvent::Announced { bd_seq: life.bd_seq() });
+                            }
+                            if let Some(report) = rollout.report.take() {
+                                upgrade_status(report.rollout, report.state);
+                            }
+                            if let Some(t) = rollout.trial.take() {
+                                match t.report_online() {
+                                    Ok(()) => upgrade_status(t.rollout, UpgradeState::Online { version: truncated(&t.version) }),
+                                    Err(e) => warn!(error = %e, marker = %t.marker.display(), "cannot tell the previous release we are online"),
+                                }
                             }
                             if link.is_none() && probe.is_none() {
                                 probe_to_send = Some(start_probe(&mut probe, &mut probe_seq, cfg.probe_bytes));
@@ -329,7 +401,7 @@ pub async fn run(
     .await;
     match refused {
         Some(why) => Err(LinkError::Refused(why)),
-        None => Ok(()),
+        None => Ok(staged),
     }
 }
 

@@ -11,6 +11,7 @@
 //!   [`profile::ProfileReport`].
 //! - [`assign`]: [`assign::Assignment`], an agent's share of a plan: its ops, the tensors it
 //!   receives and sends, and the plan epoch.
+//! - [`rollout`]: a new agent binary offered in chunks, tried, kept or rolled back.
 //! - [`codec`]: the frame every payload is sent in: one version byte, then postcard; decoding
 //!   checks the size limit first and never panics.
 //!
@@ -21,6 +22,7 @@ pub mod assign;
 pub mod codec;
 pub mod life;
 pub mod profile;
+pub mod rollout;
 pub mod topic;
 
 use thiserror::Error;
@@ -51,6 +53,9 @@ pub enum MessageKind {
     Assignment,
     Probe,
     FleetSnapshot,
+    UpgradeOffer,
+    UpgradeChunk,
+    UpgradeStatus,
 }
 
 impl std::fmt::Display for MessageKind {

@@ -14,6 +14,9 @@
 //! | `<p>/agent/<name>/profile/report` | agent | `ProfileReport` |
 //! | `<p>/agent/<name>/assign` | orchestrator | `Assignment` |
 //! | `<p>/agent/<name>/probe` | agent, to itself | `Probe` |
+//! | `<p>/agent/<name>/upgrade/offer` | `moirai rollout` | `UpgradeOffer` |
+//! | `<p>/agent/<name>/upgrade/chunk` | `moirai rollout` | `UpgradeChunk` |
+//! | `<p>/agent/<name>/upgrade/status` | agent | `UpgradeStatus` |
 //! | `<p>/agent/<name>/refused` | orchestrator | UTF-8 text, outside the codec (see [`super::refusal`]) |
 
 use super::{bounded, AgentName, WireError};
@@ -33,10 +36,13 @@ pub enum TopicKind {
     Assign,
     Probe,
     Refused,
+    UpgradeOffer,
+    UpgradeChunk,
+    UpgradeStatus,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 9] = [
+    pub const ALL: [TopicKind; 12] = [
         TopicKind::Birth,
         TopicKind::Death,
         TopicKind::Heartbeat,
@@ -46,6 +52,9 @@ impl TopicKind {
         TopicKind::Assign,
         TopicKind::Probe,
         TopicKind::Refused,
+        TopicKind::UpgradeOffer,
+        TopicKind::UpgradeChunk,
+        TopicKind::UpgradeStatus,
     ];
 
     fn suffix(self) -> &'static str {
@@ -59,6 +68,9 @@ impl TopicKind {
             TopicKind::Assign => "assign",
             TopicKind::Probe => "probe",
             TopicKind::Refused => "refused",
+            TopicKind::UpgradeOffer => "upgrade/offer",
+            TopicKind::UpgradeChunk => "upgrade/chunk",
+            TopicKind::UpgradeStatus => "upgrade/status",
         }
     }
 }
