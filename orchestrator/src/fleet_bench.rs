@@ -84,11 +84,12 @@ async fn sim_agent(
     topics: Topics,
     name: String,
     board: String,
-    bd_seq: u64,
     heartbeat: Duration,
     events: mpsc::UnboundedSender<SimEvent>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    // One session per simulated agent.
+    let bd_seq = 1;
     let mut o = MqttOptions::new(name.clone(), "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(9 << 20, 9 << 20);
@@ -133,13 +134,11 @@ async fn sim_agent(
                     let _ = client.try_subscribe(topics.agent(&name, TopicKind::Assign), QoS::AtLeastOnce);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => match topics.parse(&p.topic) {
-                    Ok(Topic::OrchState) => {
-                        if decode::<OrchState>(&p.payload).is_ok_and(|s| s.online) && !announced {
-                            announced = true;
-                            if let Ok(b) = encode(&birth) {
-                                let _ = client.try_publish(topics.agent(&name, TopicKind::Birth), QoS::AtLeastOnce, false, b);
-                                let _ = events.send(SimEvent::Born { name: name.clone(), at: Instant::now() });
-                            }
+                    Ok(Topic::OrchState) if !announced && decode::<OrchState>(&p.payload).is_ok_and(|s| s.online) => {
+                        announced = true;
+                        if let Ok(b) = encode(&birth) {
+                            let _ = client.try_publish(topics.agent(&name, TopicKind::Birth), QoS::AtLeastOnce, false, b);
+                            let _ = events.send(SimEvent::Born { name: name.clone(), at: Instant::now() });
                         }
                     }
                     Ok(Topic::Agent { kind: TopicKind::ProfileRequest, .. }) => {
@@ -245,7 +244,7 @@ pub fn run(args: BenchArgs, fleet: FleetArgs) -> Result<(), BenchError> {
             let board = args.boards[i % args.boards.len().max(1)].clone();
             let (s_tx, s_rx) = tokio::sync::oneshot::channel();
             stops.insert(name.clone(), s_tx);
-            tokio::spawn(sim_agent(port, topics.clone(), name, board, 1, heartbeat, sim_tx.clone(), s_rx));
+            tokio::spawn(sim_agent(port, topics.clone(), name, board, heartbeat, sim_tx.clone(), s_rx));
         };
         for i in 0..args.agents {
             start_agent(i, format!("sim-{i:04}"), &mut stops);

@@ -302,37 +302,6 @@ pub fn assignments(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn the_debouncer_waits_for_quiet_and_caps_the_wait() {
-        let mut d = Debouncer::new(10 * MS, 25 * MS);
-        assert_eq!(d.take_if_due(100 * MS), None);
-        d.note("a".into(), Duration::ZERO);
-        d.note("b".into(), 8 * MS);
-        assert_eq!(d.take_if_due(12 * MS), None);
-        assert_eq!(
-            d.take_if_due(18 * MS),
-            Some(vec!["a".to_string(), "b".to_string()])
-        );
-        assert!(!d.is_armed());
-        // Changes every 5 ms never go quiet; the cap fires.
-        for t in (30..60).step_by(5) {
-            d.note(format!("{t}"), t * MS);
-            if let Some(r) = d.take_if_due(t * MS) {
-                assert_eq!(t, 55);
-                assert_eq!(r.len(), 6);
-                return;
-            }
-        }
-        panic!("the cap never fired");
-    }
-}
-
 /// Earliest-finish-time list scheduling through the simulator, used until the Moirai placer
 /// is wired in and for simulated fleets where speed matters more than the last percent: ops
 /// in topological order, each on the device where it would finish first among those with
@@ -362,4 +331,35 @@ pub fn greedy_place(
         engine.commit(op, d);
     }
     Ok(engine.to_schedule("greedy-eft", 0.0, t0.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_debouncer_waits_for_quiet_and_caps_the_wait() {
+        let mut d = Debouncer::new(10 * MS, 25 * MS);
+        assert_eq!(d.take_if_due(100 * MS), None);
+        d.note("a".into(), Duration::ZERO);
+        d.note("b".into(), 8 * MS);
+        assert_eq!(d.take_if_due(12 * MS), None);
+        assert_eq!(
+            d.take_if_due(18 * MS),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert!(!d.is_armed());
+        // Changes every 5 ms never go quiet; the cap fires.
+        for t in (30..60).step_by(5) {
+            d.note(format!("{t}"), t * MS);
+            if let Some(r) = d.take_if_due(t * MS) {
+                assert_eq!(t, 55);
+                assert_eq!(r.len(), 6);
+                return;
+            }
+        }
+        panic!("the cap never fired");
+    }
 }

@@ -37,7 +37,7 @@ pub enum ServeError {
     #[error("model {path}: {source}")]
     Model {
         path: PathBuf,
-        source: crate::import::onnx::ImportError,
+        source: Box<crate::import::onnx::ImportError>,
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -630,7 +630,7 @@ pub fn load_model(path: &std::path::Path) -> Result<FleetModel, ServeError> {
     )
     .map_err(|source| ServeError::Model {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(FleetModel::from_coarse(&coarse))
 }

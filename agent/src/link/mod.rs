@@ -469,13 +469,13 @@ fn profile_worker(
                 Err(reason) => failures.push(ProfileFailure { key, reason }),
             }
             done += 1;
-            if entries.len() + failures.len() >= CHUNK && done < total {
-                if chunks
+            if entries.len() + failures.len() >= CHUNK
+                && done < total
+                && chunks
                     .send(flush(&mut entries, &mut failures, done))
                     .is_err()
-                {
-                    return;
-                }
+            {
+                return;
             }
         }
         if chunks

@@ -495,17 +495,15 @@ mod tests {
     #[test]
     fn a_silent_agent_is_declared_dead_and_triggers_a_replan() {
         let mut store = ProfileStore::new();
-        for b in ["pi5"] {
-            store.insert(
-                b,
-                &sig(4).key(),
-                Measured {
-                    time_ms: 1.0,
-                    agent: "x".into(),
-                    emulation_scale: None,
-                },
-            );
-        }
+        store.insert(
+            "pi5",
+            &sig(4).key(),
+            Measured {
+                time_ms: 1.0,
+                agent: "x".into(),
+                emulation_scale: None,
+            },
+        );
         let mut f = Fleet::new(config(), store, vec![sig(4)]);
         f.handle(Inbound::Birth(birth("a", "pi5", 1)), Duration::ZERO);
         f.handle(Inbound::Birth(birth("b", "pi5", 1)), Duration::ZERO);
