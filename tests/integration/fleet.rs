@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use moirai_agent::link::REFUSED_EXIT;
-use moirai_shared::wire::life::Death;
+use moirai_shared::wire::life::{Death, OrchState};
 use moirai_shared::wire::topic::Topics;
-use moirai_shared::wire::{encode, TopicKind, PROTOCOL_VERSION};
+use moirai_shared::wire::{decode, encode, TopicKind, PROTOCOL_VERSION};
 use moirai_tests::fleet::{free_port, mosquitto, repo_root, scratch, wait_for_port, Proc};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_moirai-test-orchestrator");
@@ -151,9 +151,10 @@ fn inject_death(port: u16, name: &str, bd_seq: u64) {
     publish_raw(port, "late-will", &topic, bytes, None);
 }
 
-/// Publishes `bytes` on `topic` as client `id` (QoS 1, waits for the PUBACK); with
-/// `listen`, first subscribes to that topic and returns the first payload seen on it
-/// within 20 s.
+/// Publishes `bytes` on `topic` as client `id` (QoS 1, waits for the PUBACK) once the
+/// orchestrator's retained state says it is online (it subscribes before announcing that, so
+/// nothing published after it is lost); with `listen`, first subscribes to that topic and
+/// returns the first payload seen on it within 20 s.
 fn publish_raw(
     port: u16,
     id: &str,
@@ -168,6 +169,28 @@ fn publish_raw(
     rt.block_on(async {
         let opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+        let state = Topics::default().orch_state();
+        client
+            .subscribe(&state, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("queued");
+        let t0 = Instant::now();
+        loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no orchestrator online"
+            );
+            match tokio::time::timeout(Duration::from_millis(500), el.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))
+                    if p.topic == state
+                        && decode::<OrchState>(&p.payload).is_ok_and(|s| s.online) =>
+                {
+                    break
+                }
+                Ok(Err(e)) => panic!("waiting for the orchestrator: {e}"),
+                _ => {}
+            }
+        }
         if let Some(l) = listen {
             client
                 .subscribe(l, rumqttc::QoS::AtLeastOnce)

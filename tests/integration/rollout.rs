@@ -100,15 +100,16 @@ fn a_broken_release_rolls_back_and_a_good_one_becomes_current() {
     // A working release (the same agent build under a new name): online, then current.
     let from = orch.seen.len();
     assert!(rollout::run(args(port, "0.3.0", Path::new(AGENT), 60)).expect("rollout runs"));
-    assert_eq!(current(), Path::new("releases/0.3.0"));
-    assert_eq!(
-        std::fs::read_link(root.join("previous")).unwrap(),
-        Path::new("releases/0.1.0")
-    );
+    // The new process reports online; its predecessor then switches the links and steps down.
     let status = agent.wait_exit(SLOW).expect("the old process steps down");
     assert_eq!(
         status.code(),
         Some(i32::from(moirai_agent::rollout::SWITCHED_EXIT))
+    );
+    assert_eq!(current(), Path::new("releases/0.3.0"));
+    assert_eq!(
+        std::fs::read_link(root.join("previous")).unwrap(),
+        Path::new("releases/0.1.0")
     );
     orch.expect(from, SLOW, "the new release's session", |l| {
         l.starts_with("joined pi ") || l.starts_with("restarted pi ")

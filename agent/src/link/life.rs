@@ -70,9 +70,10 @@ impl AgentLife {
     /// The connection dropped: the next one gets a larger `bd_seq` (set it as the new Last
     /// Will before reconnecting).
     pub fn on_disconnected(&mut self, now_ms: u64) {
-        if self.connected || self.announced_to.is_some() {
-            self.bd_seq = (self.bd_seq + 1).max(now_ms);
-        }
+        // Always a new session: even an attempt that never saw its CONNACK may have had its
+        // will registered, and fired, by the broker; a birth under that bd_seq would then be
+        // refused as the birth of a dead session.
+        self.bd_seq = (self.bd_seq + 1).max(now_ms);
         self.connected = false;
         self.announced_to = None;
         self.orch_online = false;
@@ -153,8 +154,9 @@ mod tests {
         let first = l.death();
         l.on_disconnected(500); // a clock that went backwards still increases
         assert_eq!(l.bd_seq(), 1001);
-        l.on_disconnected(600); // a failed reconnect attempt does not burn numbers
-        assert_eq!(l.bd_seq(), 1001);
+        // A failed attempt may still have had its will registered and fired: a new number.
+        l.on_disconnected(600);
+        assert_eq!(l.bd_seq(), 1002);
         l.on_connected();
         assert!(l.death().bd_seq > first.bd_seq);
         assert_eq!(l.on_orch_state(&online(1)), vec![LifeAction::Announce]);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moirai_shared::kernel::KernelSignature;
 use moirai_shared::wire::assign::Assignment;
-use moirai_shared::wire::life::{Birth, Command, LinkStats, OrchState, Probe};
+use moirai_shared::wire::life::{Birth, Command, Death, LinkStats, OrchState, Probe};
 use moirai_shared::wire::profile::{ProfileEntry, ProfileFailure, ProfileReport, ProfileRequest};
 use moirai_shared::wire::{
     decode, encode, truncated, Topic, TopicKind, WireMessage, PROTOCOL_VERSION,
@@ -199,7 +199,7 @@ pub async fn run(
                     for a in life.on_connected() {
                         if a == LifeAction::Subscribe {
                             let mut subs = vec![topics.orch_state()];
-                            for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe, TopicKind::Refused, TopicKind::UpgradeOffer, TopicKind::UpgradeChunk] {
+                            for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe, TopicKind::Refused, TopicKind::UpgradeOffer, TopicKind::UpgradeChunk, TopicKind::Death] {
                                 subs.push(topics.agent(&name, k));
                             }
                             for s in subs {
@@ -224,6 +224,23 @@ pub async fn run(
                             tracing::error!(reason = %why, "refused by the orchestrator; stopping");
                             refused = Some(why);
                             break;
+                        }
+                        Ok(Topic::Agent { name: n, kind: TopicKind::Death }) if n.as_str() == name => {
+                            // A death of the session in progress: the broker fired this client
+                            // id's Last Will for a live connection (rumqttd keys wills by client
+                            // id, and a takeover by our own reconnection can fire the newer one).
+                            // The orchestrator now holds this session dead and will refuse its
+                            // birth: start a new session instead of arguing.
+                            if decode::<Death>(&p.payload).is_ok_and(|d| life.is_announced() && d.bd_seq == life.bd_seq()) {
+                                warn!(bd_seq = life.bd_seq(), "declared dead while connected; reconnecting as a new session");
+                                life.on_disconnected(now_ms());
+                                eventloop.mqtt_options.set_last_will(will(&life));
+                                eventloop.network = None;
+                                eventloop.pending.clear();
+                                publishes.clear();
+                                probe = None;
+                                emit(AgentEvent::Disconnected);
+                            }
                         }
                         Ok(Topic::Agent { name: n, kind: TopicKind::UpgradeOffer }) if n.as_str() == name => match decode::<UpgradeOffer>(&p.payload) {
                             Ok(offer) => {

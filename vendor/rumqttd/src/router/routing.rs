@@ -70,6 +70,10 @@ pub struct Router {
     connections: Slab<Connection>,
     /// Connection map from device id to connection id
     connection_map: HashMap<String, ConnectionId>,
+    /// Moirai patch: client ids whose previous connection's will was published at a takeover;
+    /// that connection's task still sends its own `PublishWill`, which must not fire the will
+    /// the new connection registered under the same client id.
+    takeover_wills: HashMap<String, usize>,
     /// Subscription map to interested connection ids
     subscription_map: HashMap<Filter, HashSet<ConnectionId>>,
     /// Incoming data grouped by connection
@@ -129,6 +133,7 @@ impl Router {
             alerts,
             connections,
             connection_map: Default::default(),
+            takeover_wills: Default::default(),
             subscription_map: Default::default(),
             ibufs,
             obufs,
@@ -256,11 +261,21 @@ impl Router {
                 self.send_meters();
             }
             Event::PrintStatus(metrics) => print_status(self, metrics),
-            Event::PublishWill((client_id, _tenant_id)) => self.handle_last_will(
-                client_id,
-                #[cfg(feature = "validate-tenant-prefix")]
-                _tenant_id,
-            ),
+            Event::PublishWill((client_id, _tenant_id)) => {
+                // Moirai patch: the will of a taken-over connection went out at the takeover.
+                if let Some(n) = self.takeover_wills.get_mut(&client_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.takeover_wills.remove(&client_id);
+                    }
+                    return;
+                }
+                self.handle_last_will(
+                    client_id,
+                    #[cfg(feature = "validate-tenant-prefix")]
+                    _tenant_id,
+                )
+            }
         }
     }
 
@@ -347,6 +362,19 @@ impl Router {
             connection.events.events.pop_front();
         }
 
+        // Moirai patch: a will still stored under this client id is the previous connection's
+        // (taken over now, or gone without a DISCONNECT before its task reported). A clean
+        // takeover ends that session: publish its will now, as MQTT asks, and remember that
+        // its task's late `PublishWill` is spent, instead of letting it fire the will this
+        // connection registers below.
+        if clean_session && self.last_wills.contains_key(&client_id) {
+            self.handle_last_will(
+                client_id.clone(),
+                #[cfg(feature = "validate-tenant-prefix")]
+                None,
+            );
+            *self.takeover_wills.entry(client_id.clone()).or_default() += 1;
+        }
         if let Some(will) = connection.last_will.take() {
             self.last_wills.insert(
                 client_id.clone(),
