@@ -225,22 +225,23 @@ pub async fn run(
                             refused = Some(why);
                             break;
                         }
-                        Ok(Topic::Agent { name: n, kind: TopicKind::Death }) if n.as_str() == name => {
+                        Ok(Topic::Agent { name: n, kind: TopicKind::Death })
+                            if n.as_str() == name
+                                && decode::<Death>(&p.payload).is_ok_and(|d| life.is_announced() && d.bd_seq == life.bd_seq()) =>
+                        {
                             // A death of the session in progress: the broker fired this client
                             // id's Last Will for a live connection (rumqttd keys wills by client
-                            // id, and a takeover by our own reconnection can fire the newer one).
+                            // id; see vendor/README.md).
                             // The orchestrator now holds this session dead and will refuse its
                             // birth: start a new session instead of arguing.
-                            if decode::<Death>(&p.payload).is_ok_and(|d| life.is_announced() && d.bd_seq == life.bd_seq()) {
-                                warn!(bd_seq = life.bd_seq(), "declared dead while connected; reconnecting as a new session");
-                                life.on_disconnected(now_ms());
-                                eventloop.mqtt_options.set_last_will(will(&life));
-                                eventloop.network = None;
-                                eventloop.pending.clear();
-                                publishes.clear();
-                                probe = None;
-                                emit(AgentEvent::Disconnected);
-                            }
+                            warn!(bd_seq = life.bd_seq(), "declared dead while connected; reconnecting as a new session");
+                            life.on_disconnected(now_ms());
+                            eventloop.mqtt_options.set_last_will(will(&life));
+                            eventloop.network = None;
+                            eventloop.pending.clear();
+                            publishes.clear();
+                            probe = None;
+                            emit(AgentEvent::Disconnected);
                         }
                         Ok(Topic::Agent { name: n, kind: TopicKind::UpgradeOffer }) if n.as_str() == name => match decode::<UpgradeOffer>(&p.payload) {
                             Ok(offer) => {
