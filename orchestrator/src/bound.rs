@@ -77,8 +77,13 @@ pub fn lp_relaxation(g: &Graph, limit: Duration) -> Option<LowerBound> {
 
 /// The best bound available within a few seconds.
 pub fn best(g: &Graph) -> LowerBound {
+    best_within(g, Duration::from_secs(5))
+}
+
+/// The best bound available within `limit` (the LP relaxation only if it solves in time).
+pub fn best_within(g: &Graph, limit: Duration) -> LowerBound {
     let b = basic(g);
-    match lp_relaxation(g, Duration::from_secs(5)) {
+    match lp_relaxation(g, limit) {
         Some(lp) => b.max(lp),
         None => b,
     }

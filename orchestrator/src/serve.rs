@@ -639,17 +639,15 @@ pub fn load_model(path: &std::path::Path) -> Result<FleetModel, ServeError> {
 /// the validating `place` entry point.
 pub fn placer() -> PlaceFn {
     Box::new(|g, warm, limit| {
+        // The bound is part of the replan's budget: a quarter of it at most.
+        let t0 = std::time::Instant::now();
+        let bound = crate::place::lower_bound_within(g, limit / 4);
         let opts = crate::place::PlaceOptions {
-            time_limit: limit,
+            time_limit: limit.saturating_sub(t0.elapsed()).max(limit / 2),
             warm_start: warm.cloned(),
             ..Default::default()
         };
-        crate::place::place(
-            g,
-            crate::place::Method::Moirai,
-            &opts,
-            &crate::place::lower_bound(g),
-        )
+        crate::place::place(g, crate::place::Method::Moirai, &opts, &bound)
         .map(|p| p.schedule)
         .map_err(|e| e.to_string())
     })

@@ -254,3 +254,8 @@ pub fn finish(
 pub fn lower_bound(g: &Graph) -> LowerBound {
     bound::best(g)
 }
+
+/// [`lower_bound`] within `limit`, for callers that count the bound in their time budget.
+pub fn lower_bound_within(g: &Graph, limit: std::time::Duration) -> LowerBound {
+    bound::best_within(g, limit)
+}

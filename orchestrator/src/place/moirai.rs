@@ -26,6 +26,16 @@ use crate::simulate::{memory_shortfall, simulate, Engine};
 
 /// Graphs up to this size go to the exact MILP first.
 pub const EXACT_MAX_OPS: usize = 24;
+/// Largest exact model tried, in (roughly) rows: ordering pairs per device plus transfer
+/// routes per edge. Building a larger one alone would eat the budget (16 ops on 200
+/// devices is about 800 000 rows).
+pub const EXACT_MAX_ROWS: usize = 100_000;
+
+/// Whether the exact MILP is worth building for `g`.
+fn exact_fits(g: &Graph) -> bool {
+    let (n, k, e) = (g.num_ops(), g.num_devices(), g.edges().len());
+    n <= EXACT_MAX_OPS && n * n * k + e * k * k <= EXACT_MAX_ROWS
+}
 
 /// What the placer reports while it runs.
 #[derive(Clone, Debug)]
@@ -132,7 +142,7 @@ pub fn place(
 
     let mut optimal = false;
     let mut priority: Option<Vec<f64>> = None;
-    if g.num_ops() <= EXACT_MAX_OPS && Instant::now() < deadline {
+    if exact_fits(g) && Instant::now() < deadline {
         progress(Progress::Phase("exact MILP"));
         let left = deadline.saturating_duration_since(Instant::now());
         let r = milp::solve(g, left, best.as_ref().map(|(p, m)| (p.as_slice(), *m)));
