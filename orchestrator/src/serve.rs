@@ -594,7 +594,7 @@ pub fn plan_table(plan: &CurrentPlan) -> String {
         "agent", "ops", "busy ms", "recv", "send"
     ));
     for (name, a) in &plan.assignments {
-        let busy: f64 = a.ops.iter().map(|o| o.end_ms - o.start_ms).sum();
+        let busy: f64 = a.ops.iter().map(|o| o.end_ms - o.start_ms).sum::<f64>() + 0.0; // + 0.0: an empty sum is -0.0, printed "-0.000"
         let mut names: Vec<&str> = a.ops.iter().map(|o| o.name.as_str()).collect();
         if names.len() > 6 {
             let n = names.len();
@@ -648,8 +648,8 @@ pub fn placer() -> PlaceFn {
             ..Default::default()
         };
         crate::place::place(g, crate::place::Method::Moirai, &opts, &bound)
-        .map(|p| p.schedule)
-        .map_err(|e| e.to_string())
+            .map(|p| p.schedule)
+            .map_err(|e| e.to_string())
     })
 }
 

@@ -17,6 +17,7 @@ pub mod milp;
 pub mod moirai;
 pub mod msct;
 pub mod mtopo;
+pub mod relabel;
 pub mod search;
 pub mod single;
 

@@ -224,6 +224,23 @@ pub fn place(
 
     let mut engine = Engine::new(g, true);
     let prio = priority.unwrap_or_else(|| crate::simulate::bottom_levels(g, &placement));
+    // Replans: the same plan on interchangeable boards, with fewer ops moved, if that costs
+    // nothing in makespan.
+    if let Some(w) = opts.warm_start.as_ref().filter(|w| w.len() == g.num_ops()) {
+        let kept = super::relabel::toward(g, &placement, w);
+        if kept != placement {
+            let m = crate::simulate::simulate_into(&mut engine, &kept, &prio);
+            if m <= makespan + 1e-9 && memory_shortfall(g, &kept).is_none() {
+                tracing::debug!(
+                    moved_before = super::relabel::moved(&placement, w),
+                    moved_after = super::relabel::moved(&kept, w),
+                    "relabelled interchangeable devices toward the plan in force"
+                );
+                placement = kept;
+                makespan = m;
+            }
+        }
+    }
     crate::simulate::simulate_into(&mut engine, &placement, &prio);
     debug_assert!((engine.makespan() - makespan).abs() < 1e-6 || optimal);
     Ok(Placed {
