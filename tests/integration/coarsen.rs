@@ -125,3 +125,52 @@ fn measured_profiles_replace_the_roofline() {
     assert!(g.ops().iter().all(|o| o.time_ms[0] == 0.125));
     assert!(g.ops().iter().any(|o| o.time_ms[1] != 0.125));
 }
+
+#[test]
+fn a_measured_profile_table_changes_the_plan() {
+    // The roofline takes the x86 host at its datasheet peak; the table measured on a real
+    // (loaded, 2-core) x86 host with tract says it is far slower: the plan moves to the Pi.
+    let Some(dir) = shared_models() else { return };
+    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let cl = cluster::load_cluster(
+        &repo.join("firmware-configs/clusters/cpu-and-pi5.toml"),
+        None,
+    )
+    .unwrap();
+    let text =
+        std::fs::read_to_string(repo.join("firmware-configs/profiles/x86-cpu-resnet18.json"))
+            .unwrap();
+    let table = ProfileTable::from_json(&text).unwrap();
+    let m = onnx::load(&model(&dir, "resnet18"), &ImportOptions::default()).unwrap();
+    let c = coarsen(&m, &RuleSet::cpu());
+    let opts = PlaceOptions {
+        time_limit: std::time::Duration::from_secs(2),
+        threads: 1,
+        ..Default::default()
+    };
+    let plan_with = |p: Option<&ProfileTable>| {
+        let (g, sources) = costed_graph(&c, &cl, p).unwrap();
+        let plan = place::place(&g, Method::Moirai, &opts, &place::lower_bound(&g)).unwrap();
+        (
+            plan.schedule.devices_used(),
+            plan.makespan(),
+            sources.profiled,
+        )
+    };
+    let (roofline_devices, roofline_ms, none) = plan_with(None);
+    let (measured_devices, measured_ms, profiled) = plan_with(Some(&table));
+    assert_eq!(none, 0);
+    assert_eq!(
+        profiled,
+        c.groups.len(),
+        "every kernel of resnet18 is in the table"
+    );
+    assert_ne!(
+        roofline_devices, measured_devices,
+        "roofline plan {roofline_ms:.3} ms on {roofline_devices:?}, measured {measured_ms:.3} ms on {measured_devices:?}"
+    );
+    println!(
+        "resnet18 on cpu-and-pi5: roofline {roofline_ms:.3} ms on devices {roofline_devices:?}; \
+         measured x86 profile {measured_ms:.3} ms on devices {measured_devices:?}"
+    );
+}
