@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use moirai_orchestrator::rollout::{self, RolloutArgs};
-use moirai_tests::fleet::{free_port, repo_root, scratch, Proc};
+use moirai_tests::fleet::{free_port, scratch, serve_command, Proc};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_moirai-test-orchestrator");
 const AGENT: &str = env!("CARGO_BIN_EXE_moirai-test-agent");
@@ -50,15 +50,8 @@ fn a_broken_release_rolls_back_and_a_good_one_becomes_current() {
     let current = || std::fs::read_link(root.join("current")).unwrap();
 
     let port = free_port();
-    let mut cmd = Command::new(ORCH);
-    cmd.arg("serve")
-        .arg("--model")
-        .arg(repo_root().join("tests/fixtures/onnx/tiny-fleet.onnx"))
-        .arg("--store")
-        .arg(dir.join("profiles.json"))
-        .args(["--heartbeat-timeout-ms", "1500", "--debounce-ms", "300"])
-        .args(["--profile-runs", "1", "--time-limit-ms", "500"])
-        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let listen = format!("127.0.0.1:{port}");
+    let cmd = serve_command(ORCH, &dir, &["--listen", &listen]);
     let mut orch = Proc::spawn("orchestrator", cmd);
     orch.expect(0, SLOW, "a broker connection", |l| {
         l.starts_with("connected to")

@@ -10,7 +10,7 @@ use moirai_orchestrator::broker::start_secured;
 use moirai_orchestrator::security::{
     BrokerSecurity, ClientSecurity, ClientSecurityArgs, Credentials, DeviceTable, ServerTls,
 };
-use moirai_tests::fleet::{free_port, repo_root, scratch, Proc};
+use moirai_tests::fleet::{free_port, scratch, serve_command, Proc};
 use moirai_tests::pki::TestPki;
 use moirai_tests::secured::{collect, connect, mosquitto_from_templates, subscribe, PREFIX};
 use rumqttc::QoS;
@@ -51,16 +51,7 @@ fn board(dir: &Path) -> PathBuf {
 }
 
 fn orchestrator(dir: &Path, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(ORCH);
-    cmd.arg("serve")
-        .arg("--model")
-        .arg(repo_root().join("tests/fixtures/onnx/tiny-fleet.onnx"))
-        .arg("--store")
-        .arg(dir.join("profiles.json"))
-        .args(["--heartbeat-timeout-ms", "1500", "--debounce-ms", "300"])
-        .args(["--profile-runs", "1", "--time-limit-ms", "500"])
-        .args(extra);
-    let mut p = Proc::spawn("orchestrator", cmd);
+    let mut p = Proc::spawn("orchestrator", serve_command(ORCH, dir, extra));
     p.expect(0, SLOW, "a broker connection", |l| {
         l.starts_with("connected to")
     });

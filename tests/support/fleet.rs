@@ -239,3 +239,19 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> Option<()> {
     }
     None
 }
+
+/// `serve` of the tiny fleet model with the short timeouts the tests use (heartbeat 1.5 s,
+/// debounce 300 ms, one profiling run, 500 ms placer budget), its profile store in `dir`;
+/// `extra` adds the broker (`--listen` or `--broker`) and anything else.
+pub fn serve_command(exe: &str, dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg("--model")
+        .arg(repo_root().join("tests/fixtures/onnx/tiny-fleet.onnx"))
+        .arg("--store")
+        .arg(dir.join("profiles.json"))
+        .args(["--heartbeat-timeout-ms", "1500", "--debounce-ms", "300"])
+        .args(["--profile-runs", "1", "--time-limit-ms", "500"])
+        .args(extra);
+    cmd
+}
