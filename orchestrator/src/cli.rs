@@ -41,6 +41,10 @@ pub enum Command {
     },
     /// Show the orchestrator's fleet registry as a table.
     Fleet(moirai_orchestrator::serve::FleetViewArgs),
+    /// One distributed inference on a local fleet (embedded broker, N agents), output as TensorProto.
+    Run(moirai_orchestrator::infer::run::RunArgs),
+    /// Requests against a running `moirai run --serve` (HTTP).
+    Infer(moirai_orchestrator::infer::client::InferArgs),
     /// Time from a new agent's birth to the new plan, with simulated agents.
     BenchFleet {
         #[command(flatten)]

@@ -5,5 +5,6 @@ mod broker;
 mod coarsen;
 mod fleet;
 mod import;
+mod infer;
 mod placement;
 mod security;

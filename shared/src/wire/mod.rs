@@ -11,6 +11,8 @@
 //!   [`profile::ProfileReport`].
 //! - [`assign`]: [`assign::Assignment`], an agent's share of a plan: its ops, the tensors it
 //!   receives and sends, and the plan epoch.
+//! - [`data`]: distributed inference: [`data::SubgraphSpec`], [`data::WeightChunk`],
+//!   [`data::ExecStatus`], [`data::ActivationChunk`].
 //! - [`codec`]: the frame every payload is sent in: one version byte, then postcard; decoding
 //!   checks the size limit first and never panics.
 //!
@@ -19,6 +21,7 @@
 
 pub mod assign;
 pub mod codec;
+pub mod data;
 pub mod life;
 pub mod profile;
 pub mod topic;
@@ -51,6 +54,10 @@ pub enum MessageKind {
     Assignment,
     Probe,
     FleetSnapshot,
+    SubgraphSpec,
+    WeightChunk,
+    ExecStatus,
+    ActivationChunk,
 }
 
 impl std::fmt::Display for MessageKind {
