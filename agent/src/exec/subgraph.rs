@@ -92,6 +92,9 @@ pub fn check_ops(model: &pb::ModelProto, epoch: u64) -> Result<(), SubgraphError
     }
 }
 
+/// Tensors by name with their shapes: what a share reads or writes for one request.
+pub type NamedTensors = Vec<(String, Vec<u64>, Vec<f32>)>;
+
 /// A compiled share.
 pub struct SubgraphExec {
     plan: Arc<TypedRunnableModel>,
@@ -120,11 +123,10 @@ impl SubgraphExec {
     }
 
     /// Runs one request: `inputs` by tensor name; returns the outputs by name.
-    #[allow(clippy::type_complexity)]
     pub fn run(
         &self,
         inputs: &HashMap<String, (Vec<u64>, Vec<f32>)>,
-    ) -> Result<Vec<(String, Vec<u64>, Vec<f32>)>, SubgraphError> {
+    ) -> Result<NamedTensors, SubgraphError> {
         let mut feed: TVec<TValue> = TVec::new();
         for spec in &self.inputs {
             let (dims, values) = inputs

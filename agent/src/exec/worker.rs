@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tract_onnx::pb;
 
-use super::subgraph::{check_memory, SubgraphError, SubgraphExec};
+use super::subgraph::{check_memory, NamedTensors, SubgraphError, SubgraphExec};
 
 /// Plan epochs kept loaded.
 const KEEP_EPOCHS: usize = 3;
@@ -103,7 +103,7 @@ enum Done {
     Ran {
         epoch: u64,
         request: u64,
-        result: Result<Vec<(String, Vec<u64>, Vec<f32>)>, String>,
+        result: Result<NamedTensors, String>,
     },
 }
 
