@@ -410,3 +410,84 @@ async fn an_agent_joining_while_requests_stream_fails_none_and_later_requests_us
     );
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics() {
+    use moirai_orchestrator::infer::http;
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    let fleet = start_fleet(
+        model.clone(),
+        &path,
+        &[
+            agent("pi5-1", "raspberry-pi-5"),
+            agent("pi4-1", "raspberry-pi-4"),
+        ],
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(http::serve(
+        listener,
+        fleet.handle.clone(),
+        model.inputs()[0].name.clone(),
+    ));
+    let body = tensor::encode(&c.input);
+    let a = addr.clone();
+    let (status, head, reply) = tokio::task::spawn_blocking(move || {
+        http::post(
+            &a,
+            "/v1/infer",
+            "application/x-protobuf",
+            "application/x-protobuf",
+            &body,
+        )
+    })
+    .await
+    .unwrap()
+    .expect("http answer");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("X-Request-Id: "), "{head}");
+    let out = tensor::decode(&reply, Path::new("reply")).expect("a TensorProto");
+    assert!(rel_diff(&out, &c.output) <= TOL);
+    // JSON with a wrong number of values: a 400 naming the input.
+    let bad =
+        serde_json::json!({"inputs": [{"name": "input", "dims": [1, 3, 16, 16], "values": [1.0]}]})
+            .to_string();
+    let a = addr.clone();
+    let (status, _, reply) = tokio::task::spawn_blocking(move || {
+        http::post(
+            &a,
+            "/v1/infer",
+            "application/json",
+            "application/json",
+            bad.as_bytes(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&reply).contains("input `input` has 1 values"));
+    let a = addr.clone();
+    let (status, _, metrics) = tokio::task::spawn_blocking(move || {
+        http::call(&a, "GET", "/v1/metrics", "text/plain", "text/plain", b"")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&metrics).to_string();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("moirai_requests_completed_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("moirai_predicted_makespan_ms "), "{text}");
+    assert!(
+        text.contains("moirai_request_latency_ms{quantile=\"0.5\"}"),
+        "{text}"
+    );
+    server.abort();
+    fleet.shutdown().await;
+}

@@ -424,10 +424,22 @@ pub fn post(
     accept: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String, Vec<u8>)> {
+    call(addr, "POST", path, content_type, accept, body)
+}
+
+/// A blocking HTTP/1.1 request (one per connection); returns (status, headers, body).
+pub fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    accept: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nAccept: {accept}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nAccept: {accept}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;

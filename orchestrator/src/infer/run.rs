@@ -41,8 +41,9 @@ pub struct RunArgs {
     /// `_1`, `_2`... before the extension for the others).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// A reference output (TensorProto) to compare with: prints the largest relative
-    /// difference and fails above --tolerance.
+    /// A reference output (TensorProto) to compare with: prints the largest difference
+    /// relative to the reference's scale (max|got - want| / max|want|) and fails above
+    /// --tolerance.
     #[arg(long)]
     pub reference: Option<PathBuf>,
     #[arg(long, default_value_t = 1e-4)]
@@ -451,10 +452,13 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     if let Some(r) = &args.reference {
         let want = tensor::read(r).map_err(InferError::from)?;
         let got = &first.outputs[0];
-        let diff = tensor::max_rel_diff(got, &want, 1e-3).ok_or_else(|| RunError::Shape {
-            got: got.dims.clone(),
-            want: want.dims.clone(),
-        })?;
+        // Relative to the tensor's scale: max|got - want| / max|want|.
+        let scale = want.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff =
+            tensor::max_rel_diff(got, &want, scale.max(1e-12)).ok_or_else(|| RunError::Shape {
+                got: got.dims.clone(),
+                want: want.dims.clone(),
+            })?;
         println!("largest relative difference to {}: {diff:e}", r.display());
         if diff > args.tolerance {
             return Err(RunError::Mismatch {
