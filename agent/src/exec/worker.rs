@@ -234,6 +234,10 @@ pub async fn run(
         false,
     ));
     let (client, mut eventloop) = AsyncClient::new(mo, 65536);
+    // Activations are latency-bound: no Nagle delay on the way to the broker.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let slowdown = opts.slowdown;

@@ -156,6 +156,10 @@ async fn run(
     mo.set_clean_session(true);
     mo.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(mo, 65536);
+    // Activations are latency-bound: no Nagle delay on the way to the broker.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let t0 = Instant::now();
     let mut agents: BTreeMap<String, Birth> = BTreeMap::new();
     let mut epochs: BTreeMap<u64, EpochState> = BTreeMap::new();
