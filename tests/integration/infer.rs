@@ -262,7 +262,8 @@ async fn models_with_weights_run_across_three_agents_and_match_their_reference()
             println!("skipping {m}: {} is absent", dir.display());
             continue;
         }
-        runs_across_three_agents(dir, false).await;
+        // squeezenet's third agent gets its 5 MB of weights streamed in 256 KiB chunks.
+        runs_across_three_agents(dir, m == "squeezenet1_1").await;
     }
 }
 
