@@ -117,6 +117,7 @@ async fn start_fleet(model: Arc<InferModel>, path: &Path, agents: &[AgentSpec]) 
         min_agents: agents.len(),
         request_timeout: Duration::from_secs(60),
         debounce: Duration::from_millis(100),
+        profiles: Default::default(),
     };
     let (ev_tx, mut events) = mpsc::unbounded_channel();
     let (stop, stop_rx) = oneshot::channel::<()>();

@@ -55,7 +55,9 @@ impl InferModel {
         let onnx = crate::import::onnx::from_proto(&proto, path, &opts)?;
         let coarse = crate::coarsen::coarsen(
             &onnx,
-            &crate::coarsen::rules::RuleSet::for_backend(moirai_shared::device::Backend::Wgpu),
+            // Agents execute on the CPU (tract): its fusion rules make the groups, so the
+            // kernel keys match what `moirai-agent profile --backend cpu` measures.
+            &crate::coarsen::rules::RuleSet::for_backend(moirai_shared::device::Backend::Cpu),
         );
         let fleet = FleetModel::from_coarse(&coarse);
         let spec = |t: &String| -> Result<TensorSpec, InferError> {
@@ -98,6 +100,38 @@ impl InferModel {
     }
 }
 
+/// Measured kernel times from a `moirai-profiles/v1` table (what `moirai-agent profile`
+/// writes) as the fleet's profile store; a missing file is an empty store.
+pub fn load_profiles(path: &Path) -> Result<ProfileStore, InferError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ProfileStore::new()),
+        Err(source) => {
+            return Err(InferError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let table = moirai_shared::cost::ProfileTable::from_json(&text)
+        .map_err(|e| InferError::Plan(format!("{}: {e}", path.display())))?;
+    let mut store = ProfileStore::new();
+    for (board, kernels) in &table.boards {
+        for (key, &time_ms) in kernels {
+            store.insert(
+                board,
+                key,
+                crate::fleet::store::Measured {
+                    time_ms,
+                    agent: "profile".into(),
+                    emulation_scale: None,
+                },
+            );
+        }
+    }
+    Ok(store)
+}
+
 /// One plan epoch: the subgraphs and what the plan predicts.
 #[derive(Clone, Debug)]
 pub struct EpochPlan {
@@ -113,6 +147,7 @@ pub fn plan_epoch(
     model: &InferModel,
     mut devices: Vec<PlanDevice>,
     placement: &Placement,
+    profiles: &ProfileStore,
     epoch: u64,
 ) -> Result<EpochPlan, InferError> {
     if devices.is_empty() {
@@ -120,9 +155,9 @@ pub fn plan_epoch(
     }
     devices.sort_by(|a, b| a.name.cmp(&b.name));
     let t0 = Instant::now();
-    let (graph, _) = model
+    let (graph, coverage) = model
         .fleet
-        .graph_for(&devices, &ProfileStore::new())
+        .graph_for(&devices, profiles)
         .map_err(|e| InferError::Plan(e.to_string()))?;
     let schedule = match placement {
         Placement::Moirai { time_limit } => {
@@ -173,11 +208,13 @@ pub fn plan_epoch(
         .map(|n| format!("{n}:{}", counts.get(n.as_str()).copied().unwrap_or(0)))
         .collect();
     let summary = format!(
-        "epoch {epoch}: {} groups on {} agents ({}), predicted makespan {:.3} ms, planned in {:.0} ms",
+        "epoch {epoch}: {} groups on {} agents ({}), predicted makespan {:.3} ms ({} op costs measured, {} roofline), planned in {:.0} ms",
         model.fleet.ops.len(),
         names.len(),
         shares.join(" "),
         schedule.makespan_ms,
+        coverage.measured,
+        coverage.roofline,
         t0.elapsed().as_secs_f64() * 1e3
     );
     Ok(EpochPlan {

@@ -57,6 +57,10 @@ pub struct RunArgs {
     pub boards: Vec<String>,
     #[arg(long, default_value = "firmware-configs")]
     pub configs: PathBuf,
+    /// Measured kernel times (`moirai-profiles/v1`, from `moirai-agent profile --backend cpu
+    /// --board BOARD`) the plan uses instead of the roofline where it has them.
+    #[arg(long)]
+    pub profiles: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "pipeline")]
     pub placement: PlacementArg,
     /// Placer time limit (ms) with --placement moirai.
@@ -348,6 +352,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         min_agents: args.agents,
         request_timeout: Duration::from_secs(args.timeout_s),
         debounce: Duration::from_millis(200),
+        profiles: Arc::new(match &args.profiles {
+            Some(p) => super::model::load_profiles(p)?,
+            None => Default::default(),
+        }),
     };
     let timeout = Duration::from_secs(args.timeout_s);
     let outcomes = rt.block_on(async {
@@ -431,7 +439,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     lat.sort_by(f64::total_cmp);
     let first = ok.first().ok_or(InferError::Stopped)?;
     println!(
-        "{} request(s) on epoch {}: latency p50 {:.1} ms, p90 {:.1} ms (predicted makespan {:.2} ms on the emulated boards)",
+        "{} request(s) on epoch {}: latency p50 {:.1} ms, p90 {:.1} ms (the plan predicted {:.2} ms)",
         ok.len(),
         first.epoch,
         percentile(&lat, 50.0),

@@ -41,7 +41,12 @@ pub struct SessionOptions {
     pub request_timeout: Duration,
     /// Quiet time after a join or death before replanning.
     pub debounce: Duration,
+    /// Measured kernel times by board class (the roofline stands in elsewhere).
+    pub profiles: Arc<crate::fleet::store::ProfileStore>,
 }
+
+/// Latency samples kept for the metrics (the latest ones).
+pub const MAX_SAMPLES: usize = 10_000;
 
 /// A finished request.
 #[derive(Clone, Debug)]
@@ -222,6 +227,10 @@ async fn run(
                                         m.completed += 1;
                                         m.reruns += u64::from(done.reruns);
                                         m.samples.push((done.run_latency.as_secs_f64() * 1e3, predicted_ms));
+                                        // A long-running server keeps the latest samples only.
+                                        if m.samples.len() > 2 * MAX_SAMPLES {
+                                            m.samples.drain(..MAX_SAMPLES);
+                                        }
                                     }
                                     if let Some(r) = replies.remove(&done.id) {
                                         let _ = r.send(Ok(InferOutcome {
@@ -390,9 +399,10 @@ async fn run(
                     }).collect();
                     let model = model.clone();
                     let placement = opts.placement.clone();
+                    let profiles = opts.profiles.clone();
                     let tx = plan_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let _ = tx.send(plan_epoch(&model, devices, &placement, epoch));
+                        let _ = tx.send(plan_epoch(&model, devices, &placement, &profiles, epoch));
                     });
                 }
                 let cutoff = t0.elapsed().saturating_sub(opts.request_timeout);
