@@ -200,3 +200,116 @@ pub fn split(
         outputs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use moirai_shared::wire::data::Destination;
+
+    use crate::infer::model::InferModel;
+    use crate::infer::submodel;
+
+    fn tiny() -> InferModel {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/onnx/tiny-cnn/model.onnx");
+        InferModel::load(&p).expect("the tiny-cnn fixture loads")
+    }
+
+    #[test]
+    fn every_node_runs_on_exactly_one_agent_and_every_received_tensor_has_a_sender() {
+        let m = tiny();
+        // Groups alternate between two agents: the worst case for crossings.
+        let placement: std::collections::BTreeMap<String, String> = m
+            .coarse
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.clone(), ["a", "b"][i % 2].to_string()))
+            .collect();
+        let s = super::split(&m.onnx, &m.coarse, &placement, 1, m.sha256, 1.0, |n| {
+            m.weight_bytes(n)
+        })
+        .unwrap();
+        let folded: BTreeSet<usize> = m
+            .coarse
+            .groups
+            .iter()
+            .flat_map(|g| g.folded.clone())
+            .collect();
+        let key = |n: usize| m.onnx.nodes[n].outputs[0].clone();
+        for n in (0..m.onnx.nodes.len()).filter(|n| !folded.contains(n)) {
+            let on: Vec<&String> = s
+                .specs
+                .iter()
+                .filter(|(_, spec)| spec.nodes.contains(&key(n)))
+                .map(|(a, _)| a)
+                .collect();
+            assert_eq!(on.len(), 1, "node {} runs on {on:?}", key(n));
+        }
+        for (agent, spec) in &s.specs {
+            for t in &spec.inputs {
+                let from_orch = s
+                    .inputs
+                    .iter()
+                    .any(|(i, r)| i.name == t.name && r.contains(agent));
+                let from_peer = s.specs.values().any(|p| {
+                    p.outputs.iter().any(|o| {
+                        o.tensor.name == t.name
+                            && o.to
+                                .iter()
+                                .any(|d| matches!(d, Destination::Agent(a) if a.as_str() == agent))
+                    })
+                });
+                assert!(
+                    from_orch ^ from_peer,
+                    "{agent} receives {} from nobody or twice",
+                    t.name
+                );
+            }
+            // Each share cuts into a standalone model with only its own weights.
+            let sub = submodel::extract(m.proto(), spec).expect("the share cuts out");
+            let weights: u64 = sub
+                .graph
+                .as_ref()
+                .map(|g| g.initializer.iter().map(submodel::tensor_bytes).sum())
+                .unwrap_or(0);
+            assert_eq!(weights, spec.weight_bytes, "{agent}");
+        }
+        let total: u64 = s.specs.values().map(|p| p.weight_bytes).sum();
+        assert_eq!(
+            total,
+            m.weight_bytes(
+                &m.onnx
+                    .nodes
+                    .iter()
+                    .map(|n| n.outputs[0].clone())
+                    .collect::<Vec<_>>()
+            )
+        );
+        assert_eq!(s.outputs.len(), 1);
+        assert!(s.specs.values().any(|p| p
+            .outputs
+            .iter()
+            .any(|o| o.to.contains(&Destination::Orchestrator))));
+    }
+
+    #[test]
+    fn a_node_name_the_model_lacks_is_refused_by_name() {
+        let m = tiny();
+        let spec = moirai_shared::wire::data::SubgraphSpec {
+            epoch: 1,
+            model: "tiny".into(),
+            model_sha256: m.sha256,
+            nodes: vec!["no-such-tensor".into()],
+            inputs: vec![],
+            outputs: vec![],
+            weight_bytes: 0,
+            activation_bytes: 0,
+            predicted_ms: 0.0,
+        };
+        let e = submodel::extract(m.proto(), &spec).unwrap_err().to_string();
+        assert!(e.contains("no-such-tensor"), "{e}");
+    }
+}
