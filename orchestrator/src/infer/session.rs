@@ -474,3 +474,59 @@ pub fn expected_inputs(model: &InferModel) -> &[TensorSpec] {
 pub fn spec_of<'p>(plan: &'p EpochPlan, agent: &str) -> Option<&'p SubgraphSpec> {
     plan.split.specs.get(agent)
 }
+
+/// Starts a session on `broker` (every agent that says hello gets a share, placed by the
+/// Moirai placer) and its HTTP endpoint on `listen`, both running until the process ends;
+/// prints what happens. For `moirai serve --infer-listen`.
+pub async fn serve_http(
+    broker: BrokerAddr,
+    prefix: String,
+    model: Arc<InferModel>,
+    listen: std::net::SocketAddr,
+) {
+    let opts = SessionOptions {
+        broker,
+        prefix,
+        placement: super::model::Placement::Moirai {
+            time_limit: Duration::from_millis(1000),
+        },
+        min_agents: 1,
+        request_timeout: Duration::from_secs(60),
+        debounce: Duration::from_millis(500),
+        profiles: Default::default(),
+    };
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let (handle, _task) = match start(opts, model.clone(), ev_tx, std::future::pending()) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("inference not served: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(ev) = ev_rx.recv().await {
+            match ev {
+                InferEvent::Planned { summary, .. } => println!("inference plan {summary}"),
+                InferEvent::Refused { agent, reason } => {
+                    println!("inference share refused by {agent}: {reason}")
+                }
+                InferEvent::Rerun { ids, agent } => {
+                    println!("{agent} died: {} inference request(s) run again", ids.len())
+                }
+                _ => {}
+            }
+        }
+    });
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => {
+            println!("inference: POST /v1/infer and GET /v1/metrics on http://{listen}");
+            let first = model
+                .inputs()
+                .first()
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            tokio::spawn(super::http::serve(l, handle, first));
+        }
+        Err(e) => println!("inference not served: cannot listen on {listen}: {e}"),
+    }
+}
