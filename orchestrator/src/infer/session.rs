@@ -54,7 +54,10 @@ pub struct InferOutcome {
     pub id: u64,
     pub epoch: u64,
     pub outputs: Vec<Tensor>,
+    /// From submission (waiting for a plan included) to the last output.
     pub latency: Duration,
+    /// From the (last) dispatch on a ready plan to the last output.
+    pub run_latency: Duration,
     /// The plan's predicted makespan for the epoch that answered.
     pub predicted_ms: f64,
     pub reruns: u32,
@@ -238,6 +241,7 @@ async fn run(
                                             epoch: done.epoch,
                                             outputs: done.outputs,
                                             latency: done.latency,
+                                            run_latency: done.run_latency,
                                             predicted_ms,
                                             reruns: done.reruns,
                                         }));
