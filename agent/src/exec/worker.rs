@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tract_onnx::pb;
 
-use super::subgraph::{check_memory, NamedTensors, SubgraphError, SubgraphExec};
+use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
 
 /// Plan epochs kept loaded.
 const KEEP_EPOCHS: usize = 3;
@@ -505,11 +505,6 @@ fn try_run(
         request: key.1,
         inputs: p.whole,
     });
-}
-
-/// Why a share would be refused, for callers that check before connecting.
-pub fn refusal(spec: &SubgraphSpec, memory_bytes: u64) -> Option<SubgraphError> {
-    check_memory(spec, memory_bytes).err()
 }
 
 /// `moirai-agent infer-worker` options.

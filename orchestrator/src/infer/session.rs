@@ -1,6 +1,6 @@
 //! The orchestrator's side of distributed inference: one MQTT loop that tracks the agents
 //! that said hello, plans the model on them (a new plan epoch on every join or death), sends
-//! each agent its [`SubgraphSpec`], streams weights to agents without a local copy, feeds
+//! each agent its [`SubgraphSpec`](moirai_shared::wire::data::SubgraphSpec), streams weights to agents without a local copy, feeds
 //! request inputs, collects outputs and answers each request once.
 //!
 //! An epoch is used for new requests once every agent with a share reported ready; a
@@ -12,9 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moirai_shared::wire::data::{
-    activation_chunks, weight_chunks, ActivationChunk, ExecStatus, SubgraphSpec, TensorSpec,
-};
+use moirai_shared::wire::data::{activation_chunks, weight_chunks, ActivationChunk, ExecStatus};
 use moirai_shared::wire::life::{Birth, Death};
 use moirai_shared::wire::topic::{InferKind, InferTopic, Topics};
 use moirai_shared::wire::{decode, encode, BrokerAddr, WireMessage};
@@ -157,7 +155,7 @@ async fn run(
     metrics: Arc<Mutex<Metrics>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let id = format!("moirai-infer-{}-{}", std::process::id(), fastish_id());
+    let id = format!("moirai-infer-{}-{}", std::process::id(), session_nonce());
     let mut mo = MqttOptions::new(id, opts.broker.host.clone(), opts.broker.port);
     mo.set_keep_alive(Duration::from_secs(5));
     mo.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
@@ -462,21 +460,12 @@ fn dispatch(
     }
 }
 
-fn fastish_id() -> u128 {
+/// Distinguishes sessions of one process in their MQTT client ids.
+fn session_nonce() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() % 1_000_000)
         .unwrap_or(0)
-}
-
-/// The graph inputs a request must carry.
-pub fn expected_inputs(model: &InferModel) -> &[TensorSpec] {
-    model.inputs()
-}
-
-/// The spec an agent gets, for tests and messages.
-pub fn spec_of<'p>(plan: &'p EpochPlan, agent: &str) -> Option<&'p SubgraphSpec> {
-    plan.split.specs.get(agent)
 }
 
 /// Starts a session on `broker` (every agent that says hello gets a share, placed by the
