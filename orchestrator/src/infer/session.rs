@@ -1,7 +1,8 @@
 //! The orchestrator's side of distributed inference: one MQTT loop that tracks the agents
 //! that said hello, plans the model on them (a new plan epoch on every join or death), sends
-//! each agent its [`SubgraphSpec`](moirai_shared::wire::data::SubgraphSpec), streams weights to agents without a local copy, feeds
-//! request inputs, collects outputs and answers each request once.
+//! each agent its [`SubgraphSpec`](moirai_shared::wire::data::SubgraphSpec), streams weights
+//! to agents without a local copy, feeds request inputs, collects outputs and answers each
+//! request once.
 //!
 //! An epoch is used for new requests once every agent with a share reported ready; a
 //! request runs on the epoch it was dispatched on. When an agent dies, every request whose
