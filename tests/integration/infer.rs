@@ -493,3 +493,34 @@ async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics()
     server.abort();
     fleet.shutdown().await;
 }
+
+#[test]
+fn every_op_of_the_reference_models_is_in_the_executors_op_set() {
+    let dir = repo_root().join("../shared/models");
+    if !dir.is_dir() {
+        println!("skipping: {} is absent", dir.display());
+        return;
+    }
+    let mut checked = 0;
+    for name in [
+        "resnet50",
+        "googlenet",
+        "mobilenet_v2",
+        "bert_base",
+        "squeezenet1_1",
+        "resnet18",
+        "distilbert",
+    ] {
+        let path = dir.join(format!("{name}.onnx"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            println!("skipping {name}: {} is absent", path.display());
+            continue;
+        };
+        let proto = moirai_orchestrator::infer::submodel::decode_model(&bytes).expect(name);
+        if let Err(e) = moirai_agent::exec::subgraph::check_ops(&proto, 1) {
+            panic!("{name}: {e}");
+        }
+        checked += 1;
+    }
+    println!("{checked} reference models: every op is in the CPU executor's op set");
+}
