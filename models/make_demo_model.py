@@ -9,6 +9,12 @@ Weights are random with a fixed seed: the demo measures and places, it does not 
 
 `--tiny` writes tests/fixtures/onnx/tiny-fleet.onnx instead: the same layout at 16x16 with few
 channels, which the fleet integration tests profile in milliseconds.
+
+`--test-data` also writes the ONNX test-data convention next to a copy of the model:
+`<dir>/model.onnx`, `<dir>/test_data_set_0/input_0.pb` (a seeded random input) and
+`output_0.pb`, the output computed by onnx's own reference evaluator (numpy, independent of
+tract), which the distributed-inference tests match. `<dir>` is tests/fixtures/onnx/tiny-cnn
+with `--tiny`, models/demo-cnn otherwise.
 """
 
 import os
@@ -84,3 +90,16 @@ else:
     out = os.path.join(here, "demo-cnn.onnx")
 onnx.save(model, out)
 print(f"wrote {out} ({os.path.getsize(out)} bytes, {len(nodes)} nodes)")
+
+if "--test-data" in sys.argv:
+    from onnx.reference import ReferenceEvaluator
+
+    d = os.path.join(here, "..", "tests", "fixtures", "onnx", "tiny-cnn") if TINY else os.path.join(here, "demo-cnn")
+    data = os.path.join(d, "test_data_set_0")
+    os.makedirs(data, exist_ok=True)
+    onnx.save(model, os.path.join(d, "model.onnx"))
+    x = np.random.default_rng(11).standard_normal((1, 3, side, side)).astype(np.float32)
+    (y,) = ReferenceEvaluator(model).run(None, {"input": x})
+    onnx.save_tensor(numpy_helper.from_array(x, "input"), os.path.join(data, "input_0.pb"))
+    onnx.save_tensor(numpy_helper.from_array(np.asarray(y, dtype=np.float32), "logits"), os.path.join(data, "output_0.pb"))
+    print(f"wrote {d}/model.onnx and test_data_set_0 (reference output {np.asarray(y).ravel()[:3]} ...)")

@@ -101,6 +101,8 @@ enum Command {
     },
     /// List the adapters wgpu sees, best first.
     Adapters,
+    /// Serve distributed inference: run this agent's share of the plan with its weights.
+    InferWorker(moirai_agent::exec::worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -173,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     match command {
+        Command::InferWorker(args) => Ok(moirai_agent::exec::worker::run_blocking(args)?),
         Command::Adapters => {
             let list = GpuContext::list_adapters();
             if list.is_empty() {

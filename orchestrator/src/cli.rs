@@ -44,6 +44,10 @@ pub enum Command {
     /// Send a new agent binary to a share of the fleet; each agent tries it and rolls back
     /// on its own if it does not come online. Exit status 0 only if the whole stage switched.
     Rollout(moirai_orchestrator::rollout::RolloutArgs),
+    /// One distributed inference on a local fleet (embedded broker, N agents), output as TensorProto.
+    Run(moirai_orchestrator::infer::run::RunArgs),
+    /// Requests against a running `moirai run --serve` (HTTP).
+    Infer(moirai_orchestrator::infer::client::InferArgs),
     /// Time from a new agent's birth to the new plan, with simulated agents.
     BenchFleet {
         #[command(flatten)]

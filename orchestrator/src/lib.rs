@@ -21,6 +21,7 @@ pub mod demo;
 pub mod fleet;
 pub mod fleet_bench;
 pub mod import;
+pub mod infer;
 pub mod place;
 pub mod replan;
 pub mod report;

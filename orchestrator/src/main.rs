@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::BenchScale(args) => commands::bench::run_scale(args),
         Command::Coarsen(args) => commands::coarsen::run(args),
         Command::Serve(args) => moirai_orchestrator::serve::run_blocking(args).map_err(Into::into),
+        Command::Run(args) => moirai_orchestrator::infer::run::run(args).map_err(Into::into),
+        Command::Infer(args) => moirai_orchestrator::infer::client::run(args).map_err(Into::into),
         Command::Demo { demo, fleet } => {
             moirai_orchestrator::demo::run(demo, fleet).map_err(Into::into)
         }

@@ -51,6 +51,8 @@ pub enum ServeError {
     Store(#[from] crate::fleet::store::StoreError),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
+    #[error("inference: {0}")]
+    Infer(String),
 }
 
 /// Everything `serve` needs.
@@ -446,6 +448,10 @@ pub struct ServeArgs {
     pub fleet: FleetArgs,
     #[command(flatten)]
     pub security: crate::security::ServeSecurityArgs,
+    /// Also serve distributed inference on agents started with `--infer`: HTTP
+    /// `POST /v1/infer` and `GET /v1/metrics` on this address (plain MQTT only).
+    #[arg(long)]
+    pub infer_listen: Option<SocketAddr>,
 }
 
 /// Fleet timing and storage options shared by `serve` and `demo`.
@@ -695,11 +701,28 @@ pub fn run_blocking(args: ServeArgs) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
+    let infer = match args.infer_listen {
+        Some(addr) => Some((
+            addr,
+            Arc::new(
+                crate::infer::model::InferModel::load(&args.model)
+                    .map_err(|e| ServeError::Infer(e.to_string()))?,
+            ),
+            args.fleet.prefix.clone(),
+        )),
+        None => None,
+    };
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             use std::io::Write;
+            let mut infer = infer;
             while let Some(ev) = rx.recv().await {
+                if let (ServeEvent::Connected { broker, .. }, Some((addr, model, prefix))) =
+                    (&ev, infer.take())
+                {
+                    crate::infer::session::serve_http(broker.clone(), prefix, model, addr).await;
+                }
                 if let Some(line) = describe(&ev) {
                     println!("{line}");
                 }

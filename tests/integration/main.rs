@@ -5,6 +5,7 @@ mod broker;
 mod coarsen;
 mod fleet;
 mod import;
+mod infer;
 mod placement;
 mod rollout;
 mod security;

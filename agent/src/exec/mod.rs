@@ -1,6 +1,9 @@
 //! Execution of kernels on the host: tensors in host memory ([`host::HostTensor`]), sample
 //! inputs for a signature ([`host::sample_inputs`]), and the tract CPU executor
-//! ([`cpu::CpuKernel`]).
+//! ([`cpu::CpuKernel`]); a plan's share run for real with its weights ([`subgraph`]) and the
+//! inference loop that feeds it over MQTT ([`worker`]).
 
 pub mod cpu;
 pub mod host;
+pub mod subgraph;
+pub mod worker;

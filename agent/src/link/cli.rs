@@ -97,6 +97,14 @@ pub struct ConnectArgs {
     /// TLS (--ca-file) and login (--username, default the agent name; --password-file).
     #[command(flatten)]
     pub security: moirai_orchestrator::security::ClientSecurityArgs,
+    /// Also serve distributed inference (`moirai serve --infer-listen`): run this agent's
+    /// share of the plan with its weights (plain MQTT only).
+    #[arg(long)]
+    pub infer: bool,
+    /// With --infer: a local copy of the model (its weights are used when its SHA-256
+    /// matches; without one the orchestrator streams them). Repeatable.
+    #[arg(long)]
+    pub infer_model: Vec<PathBuf>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM, or until a rolled-out release took over.
@@ -136,6 +144,24 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
             cfg.board.name, info.name, info.backend
         ),
     }
+    let infer = match (args.infer, tls_scheme) {
+        (false, _) => None,
+        (true, true) => {
+            println!("agent {name}: --infer needs a plain mqtt:// broker; inference not served");
+            None
+        }
+        (true, false) => Some(crate::exec::worker::WorkerOptions {
+            broker: cfg.broker.clone(),
+            name: name.clone(),
+            prefix: args.prefix.clone(),
+            board: cfg.board.name.clone(),
+            memory_bytes: cfg.board.usable_memory_bytes(),
+            peak_gflops: cfg.board.compute.f32_gflops as f32,
+            mem_gbps: cfg.board.memory.bandwidth_gbps as f32,
+            models: args.infer_model.clone(),
+            slowdown: Duration::ZERO,
+        }),
+    };
     cfg.rollout = RolloutSetup {
         install: Install::of_this_process(),
         exe_name: std::env::current_exe()
@@ -158,7 +184,15 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
             .build()
             .map_err(ConnectError::Runtime)?;
         let run_cfg = cfg.clone();
+        let infer = infer.clone();
         let staged = rt.block_on(async move {
+            // The inference worker runs beside the link and stops with it.
+            let (stop_infer, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let worker = infer.map(|opts| {
+                tokio::spawn(crate::exec::worker::run(opts, async {
+                    let _ = stop_rx.await;
+                }))
+            });
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
@@ -171,7 +205,12 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
                 }
             };
-            link::run(run_cfg, info, timer, None, shutdown).await
+            let r = link::run(run_cfg, info, timer, None, shutdown).await;
+            let _ = stop_infer.send(());
+            if let Some(w) = worker {
+                let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+            }
+            r
         })?;
         let Some(staged) = staged else {
             return Ok(Ended::Stopped);

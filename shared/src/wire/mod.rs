@@ -12,6 +12,8 @@
 //! - [`assign`]: [`assign::Assignment`], an agent's share of a plan: its ops, the tensors it
 //!   receives and sends, and the plan epoch.
 //! - [`rollout`]: a new agent binary offered in chunks, tried, kept or rolled back.
+//! - [`data`]: distributed inference: [`data::SubgraphSpec`], [`data::WeightChunk`],
+//!   [`data::ExecStatus`], [`data::ActivationChunk`].
 //! - [`codec`]: the frame every payload is sent in: one version byte, then postcard; decoding
 //!   checks the size limit first and never panics.
 //!
@@ -20,6 +22,7 @@
 
 pub mod assign;
 pub mod codec;
+pub mod data;
 pub mod life;
 pub mod profile;
 pub mod rollout;
@@ -56,6 +59,10 @@ pub enum MessageKind {
     UpgradeOffer,
     UpgradeChunk,
     UpgradeStatus,
+    SubgraphSpec,
+    WeightChunk,
+    ExecStatus,
+    ActivationChunk,
 }
 
 impl std::fmt::Display for MessageKind {

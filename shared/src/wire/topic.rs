@@ -18,6 +18,18 @@
 //! | `<p>/agent/<name>/upgrade/chunk` | `moirai rollout` | `UpgradeChunk` |
 //! | `<p>/agent/<name>/upgrade/status` | agent | `UpgradeStatus` |
 //! | `<p>/agent/<name>/refused` | orchestrator | UTF-8 text, outside the codec (see [`super::refusal`]) |
+//!
+//! Distributed inference ([`Topics::infer`], [`Topics::parse_infer`]):
+//!
+//! | topic | from | message |
+//! |---|---|---|
+//! | `<p>/infer/<name>/hello` | agent | `Birth` |
+//! | `<p>/infer/<name>/gone` | agent's Last Will | `Death` |
+//! | `<p>/infer/<name>/subgraph` | orchestrator | `SubgraphSpec` |
+//! | `<p>/infer/<name>/weights` | orchestrator | `WeightChunk` |
+//! | `<p>/infer/<name>/status` | agent | `ExecStatus` |
+//! | `<p>/infer/<name>/act` | orchestrator or a peer | `ActivationChunk` |
+//! | `<p>/infer/result` | agents | `ActivationChunk` (graph outputs) |
 
 use super::{bounded, AgentName, WireError};
 
@@ -169,6 +181,89 @@ impl Topics {
     }
 }
 
+/// The kinds of per-agent inference topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InferKind {
+    Hello,
+    Gone,
+    Subgraph,
+    Weights,
+    Status,
+    Act,
+}
+
+impl InferKind {
+    pub const ALL: [InferKind; 6] = [
+        InferKind::Hello,
+        InferKind::Gone,
+        InferKind::Subgraph,
+        InferKind::Weights,
+        InferKind::Status,
+        InferKind::Act,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            InferKind::Hello => "hello",
+            InferKind::Gone => "gone",
+            InferKind::Subgraph => "subgraph",
+            InferKind::Weights => "weights",
+            InferKind::Status => "status",
+            InferKind::Act => "act",
+        }
+    }
+}
+
+/// A parsed inference topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InferTopic {
+    Agent {
+        name: AgentName,
+        kind: InferKind,
+    },
+    /// Graph outputs, to the orchestrator.
+    Result,
+}
+
+impl Topics {
+    /// Per-agent inference topic.
+    pub fn infer(&self, name: &str, kind: InferKind) -> String {
+        format!("{}/infer/{name}/{}", self.prefix, kind.suffix())
+    }
+
+    /// Filter matching `kind` for every agent.
+    pub fn infer_all(&self, kind: InferKind) -> String {
+        format!("{}/infer/+/{}", self.prefix, kind.suffix())
+    }
+
+    /// Where graph outputs go.
+    pub fn infer_result(&self) -> String {
+        format!("{}/infer/result", self.prefix)
+    }
+
+    /// Parses an inference topic of this layout.
+    pub fn parse_infer(&self, topic: &str) -> Result<InferTopic, WireError> {
+        let bad = |reason| WireError::Topic {
+            topic: topic.to_string(),
+            reason,
+        };
+        let rest = topic
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix("/infer/"))
+            .ok_or_else(|| bad("outside the inference topics"))?;
+        if rest == "result" {
+            return Ok(InferTopic::Result);
+        }
+        let (name, suffix) = rest.split_once('/').ok_or_else(|| bad("no kind"))?;
+        let name = agent_name(name).map_err(|_| bad("bad agent name"))?;
+        let kind = InferKind::ALL
+            .into_iter()
+            .find(|k| k.suffix() == suffix)
+            .ok_or_else(|| bad("unknown kind"))?;
+        Ok(InferTopic::Agent { name, kind })
+    }
+}
+
 /// Checks that `s` can be an agent name: 1 to 32 bytes of letters, digits, `-`, `_`, `.`.
 pub fn agent_name(s: &str) -> Result<AgentName, WireError> {
     if s.is_empty()
@@ -238,6 +333,33 @@ mod tests {
     fn bad_prefixes_are_rejected() {
         for p in ["", "/a", "a/", "a/+/b", "a//b", "#"] {
             assert!(Topics::new(p).is_err(), "{p:?} accepted");
+        }
+    }
+
+    #[test]
+    fn every_inference_topic_parses_back() {
+        let t = Topics::new("lab/moirai").unwrap();
+        for kind in InferKind::ALL {
+            assert_eq!(
+                t.parse_infer(&t.infer("board-1", kind)).unwrap(),
+                InferTopic::Agent {
+                    name: agent_name("board-1").unwrap(),
+                    kind
+                }
+            );
+        }
+        assert_eq!(
+            t.parse_infer(&t.infer_result()).unwrap(),
+            InferTopic::Result
+        );
+        assert_eq!(t.infer_all(InferKind::Act), "lab/moirai/infer/+/act");
+        for bad in [
+            "lab/moirai/infer/a",
+            "lab/moirai/infer/a/x",
+            "lab/moirai/agent/a/act",
+            "lab/moirai/infer/a+/act",
+        ] {
+            assert!(t.parse_infer(bad).is_err(), "{bad} parsed");
         }
     }
 

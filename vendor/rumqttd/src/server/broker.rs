@@ -399,6 +399,9 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+            // Moirai patch: small MQTT packets (acks, activation chunks) must not wait for
+            // Nagle's algorithm; with delayed ACKs that cost about 40 ms per request.
+            let _ = stream.set_nodelay(true);
 
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,

@@ -1,0 +1,568 @@
+//! The agent's inference loop: `moirai-agent infer-worker`.
+//!
+//! It says hello (a `Birth` on the inference topics, its Last Will a `Death` with the same
+//! `bd_seq`), and then:
+//! - on a [`SubgraphSpec`]: refuses it when it does not fit the board's memory; otherwise
+//!   loads its weights from a local copy of the model whose SHA-256 matches, or asks the
+//!   orchestrator to stream its sub-model and checks every chunk's CRC-32 and the whole's
+//!   SHA-256; compiles it (refusing unsupported ops) and says ready. The last few epochs stay
+//!   loaded so requests in flight finish on the plan they started on.
+//! - on [`ActivationChunk`]s: reassembles the tensors of each (request, epoch); once a
+//!   request has all its inputs it runs on the executor thread, and each output goes, in
+//!   chunks, to the peers and the orchestrator that need it.
+//!
+//! Loading and running happen on one executor thread so the MQTT loop keeps answering the
+//! broker; the loop itself only moves bytes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moirai_orchestrator::infer::submodel;
+use moirai_shared::wire::data::{
+    activation_chunks, ActivationChunk, Destination, ExecStatus, SubgraphSpec, TensorAssembly,
+    WeightAssembly, WeightChunk,
+};
+use moirai_shared::wire::life::{Birth, Death};
+use moirai_shared::wire::topic::{agent_name, InferKind, InferTopic, Topics};
+use moirai_shared::wire::{decode, encode, truncated, BrokerAddr, WireError, WireMessage};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use tract_onnx::pb;
+
+use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
+
+/// Plan epochs kept loaded.
+const KEEP_EPOCHS: usize = 3;
+/// Requests whose inputs are being collected, at most.
+const MAX_PENDING: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{path}: {source}")]
+    Model {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub broker: BrokerAddr,
+    pub name: String,
+    pub prefix: String,
+    pub board: String,
+    pub memory_bytes: u64,
+    pub peak_gflops: f32,
+    pub mem_gbps: f32,
+    /// Local copies of model files (checked by SHA-256 before use).
+    pub models: Vec<PathBuf>,
+    /// Extra time per request, to emulate a slower board (tests use it to keep requests in
+    /// flight long enough to kill an agent under them).
+    pub slowdown: Duration,
+}
+
+/// A local model copy: its bytes, decoded once.
+struct LocalModel {
+    path: PathBuf,
+    proto: Arc<pb::ModelProto>,
+}
+
+enum Job {
+    /// Compile a share, from a local copy or streamed bytes.
+    Load {
+        spec: Arc<SubgraphSpec>,
+        source: ModelSource,
+    },
+    Run {
+        epoch: u64,
+        request: u64,
+        inputs: HashMap<String, (Vec<u64>, Vec<f32>)>,
+    },
+}
+
+enum ModelSource {
+    Local(Arc<pb::ModelProto>),
+    Streamed(Vec<u8>),
+}
+
+enum Done {
+    Loaded {
+        epoch: u64,
+        result: Result<f32, String>,
+    },
+    Ran {
+        epoch: u64,
+        request: u64,
+        result: Result<NamedTensors, String>,
+    },
+}
+
+/// The executor thread: owns the compiled shares.
+fn executor(
+    jobs: std::sync::mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Done>,
+    slowdown: Duration,
+) {
+    let mut loaded: VecDeque<(u64, SubgraphExec)> = VecDeque::new();
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Load { spec, source } => {
+                let t0 = Instant::now();
+                let result = (|| -> Result<SubgraphExec, String> {
+                    let sub = match source {
+                        ModelSource::Local(full) => {
+                            submodel::extract(&full, &spec).map_err(|e| e.to_string())?
+                        }
+                        ModelSource::Streamed(bytes) => {
+                            submodel::decode_model(&bytes).map_err(|e| e.to_string())?
+                        }
+                    };
+                    SubgraphExec::load(&sub, &spec).map_err(|e| e.to_string())
+                })();
+                let result = result.map(|exec| {
+                    loaded.retain(|(e, _)| *e != spec.epoch);
+                    loaded.push_back((spec.epoch, exec));
+                    while loaded.len() > KEEP_EPOCHS {
+                        loaded.pop_front();
+                    }
+                    t0.elapsed().as_secs_f32() * 1e3
+                });
+                let _ = done.send(Done::Loaded {
+                    epoch: spec.epoch,
+                    result,
+                });
+            }
+            Job::Run {
+                epoch,
+                request,
+                inputs,
+            } => {
+                std::thread::sleep(slowdown);
+                let result = match loaded.iter().find(|(e, _)| *e == epoch) {
+                    Some((_, exec)) => exec.run(&inputs).map_err(|e| e.to_string()),
+                    None => Err(format!("epoch {epoch} is not loaded here")),
+                };
+                let _ = done.send(Done::Ran {
+                    epoch,
+                    request,
+                    result,
+                });
+            }
+        }
+    }
+}
+
+/// One request's inputs being collected.
+#[derive(Default)]
+struct Pending {
+    parts: HashMap<String, TensorAssembly>,
+    whole: HashMap<String, (Vec<u64>, Vec<f32>)>,
+}
+
+fn publish<M: WireMessage>(client: &AsyncClient, topic: String, msg: &M) {
+    match encode(msg) {
+        Ok(bytes) => {
+            if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, bytes) {
+                warn!(%topic, error = %e, "publish dropped");
+            }
+        }
+        Err(e) => warn!(%topic, error = %e, "cannot encode"),
+    }
+}
+
+/// Hashes the local model copies.
+fn local_models(paths: &[PathBuf]) -> Result<HashMap<[u8; 32], LocalModel>, WorkerError> {
+    let mut out = HashMap::new();
+    for p in paths {
+        let bytes = std::fs::read(p).map_err(|source| WorkerError::Model {
+            path: p.clone(),
+            source,
+        })?;
+        let sha = submodel::sha256(&bytes);
+        match submodel::decode_model(&bytes) {
+            Ok(proto) => {
+                info!(path = %p.display(), sha256 = %submodel::hex(&sha), "local model copy");
+                out.insert(
+                    sha,
+                    LocalModel {
+                        path: p.clone(),
+                        proto: Arc::new(proto),
+                    },
+                );
+            }
+            Err(e) => warn!(path = %p.display(), error = %e, "not a model; ignored"),
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the worker until `shutdown` resolves (or forever).
+pub async fn run(
+    opts: WorkerOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let topics = Topics::new(&opts.prefix)?;
+    let name = agent_name(&opts.name)?;
+    let locals = local_models(&opts.models)?;
+    let bd_seq = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1);
+    let mut mo = MqttOptions::new(
+        format!("{}-infer", opts.name),
+        opts.broker.host.clone(),
+        opts.broker.port,
+    );
+    mo.set_keep_alive(Duration::from_secs(5));
+    mo.set_max_packet_size(16 << 20, 16 << 20);
+    mo.set_clean_session(true);
+    mo.set_inflight(1000);
+    mo.set_last_will(LastWill::new(
+        topics.infer(&opts.name, InferKind::Gone),
+        encode(&Death { bd_seq })?,
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(mo, 65536);
+    // Activations are latency-bound: no Nagle delay on the way to the broker.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let slowdown = opts.slowdown;
+    let exec_thread = std::thread::Builder::new()
+        .name(format!("exec-{}", opts.name))
+        .spawn(move || executor(job_rx, done_tx, slowdown))
+        .map_err(WorkerError::Runtime)?;
+    let birth = Birth {
+        name: name.clone(),
+        board: truncated(&opts.board),
+        adapter: truncated("cpu"),
+        backend: truncated("cpu"),
+        memory_bytes: opts.memory_bytes,
+        peak_gflops: opts.peak_gflops,
+        mem_gbps: opts.mem_gbps,
+        emulation_scale: None,
+        agent_version: truncated(env!("CARGO_PKG_VERSION")),
+        protocol: moirai_shared::wire::PROTOCOL_VERSION,
+        bd_seq,
+    };
+    // Specs by epoch (loaded or loading) and whether each is ready.
+    let mut specs: BTreeMap<u64, (Arc<SubgraphSpec>, bool)> = BTreeMap::new();
+    let mut weights = WeightAssembly::default();
+    let mut pending: BTreeMap<(u64, u64), Pending> = BTreeMap::new();
+    let mut finished: VecDeque<(u64, u64)> = VecDeque::new();
+    let status = |s: &ExecStatus| {
+        publish(
+            &client,
+            topics.infer(&opts.name, InferKind::Status),
+            &bounded_status(s.clone()),
+        )
+    };
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    for k in [InferKind::Subgraph, InferKind::Weights, InferKind::Act] {
+                        let _ = client.try_subscribe(topics.infer(&opts.name, k), QoS::AtLeastOnce);
+                    }
+                    publish(&client, topics.infer(&opts.name, InferKind::Hello), &birth);
+                    info!(agent = %opts.name, "inference worker connected");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Ok(InferTopic::Agent { kind, .. }) = topics.parse_infer(&p.topic) else { continue };
+                    match kind {
+                        InferKind::Subgraph => {
+                            let spec = match decode::<SubgraphSpec>(&p.payload) {
+                                Ok(s) => Arc::new(s),
+                                Err(e) => { warn!(error = %e, "bad subgraph spec dropped"); continue; }
+                            };
+                            let epoch = spec.epoch;
+                            info!(epoch, nodes = spec.nodes.len(), weight_bytes = spec.weight_bytes, "assignment");
+                            specs.insert(epoch, (spec.clone(), false));
+                            while specs.len() > KEEP_EPOCHS {
+                                if let Some((old, _)) = specs.pop_first() {
+                                    pending.retain(|k, _| k.0 != old);
+                                }
+                            }
+                            if spec.nodes.is_empty() {
+                                specs.insert(epoch, (spec, true));
+                                status(&ExecStatus::Ready { epoch, load_ms: 0.0 });
+                                continue;
+                            }
+                            if let Err(e) = check_memory(&spec, opts.memory_bytes) {
+                                warn!(error = %e, "assignment refused");
+                                status(&ExecStatus::Refused { epoch, reason: e.to_string() });
+                                continue;
+                            }
+                            match locals.get(&spec.model_sha256) {
+                                Some(local) => {
+                                    debug!(path = %local.path.display(), "weights from the local copy");
+                                    let _ = job_tx.send(Job::Load { spec, source: ModelSource::Local(local.proto.clone()) });
+                                }
+                                None => status(&ExecStatus::NeedWeights {
+                                    epoch,
+                                    reason: format!("no local copy with sha256 {}", submodel::hex(&spec.model_sha256)),
+                                }),
+                            }
+                        }
+                        InferKind::Weights => {
+                            let c = match decode::<WeightChunk>(&p.payload) {
+                                Ok(c) => c,
+                                Err(e) => { warn!(error = %e, "bad weight chunk dropped"); continue; }
+                            };
+                            let epoch = c.epoch;
+                            match weights.add(c) {
+                                Ok(Some(bytes)) => {
+                                    if submodel::sha256(&bytes) != weights.sha256 {
+                                        status(&ExecStatus::Refused { epoch, reason: "streamed weights fail their SHA-256".into() });
+                                        continue;
+                                    }
+                                    info!(epoch, bytes = bytes.len(), "streamed weights complete, SHA-256 checked");
+                                    if let Some((spec, _)) = specs.get(&epoch) {
+                                        let _ = job_tx.send(Job::Load { spec: spec.clone(), source: ModelSource::Streamed(bytes) });
+                                    }
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    warn!(error = %e, "weight chunk refused");
+                                    status(&ExecStatus::NeedWeights { epoch, reason: e.to_string() });
+                                }
+                            }
+                        }
+                        InferKind::Act => {
+                            let c = match decode::<ActivationChunk>(&p.payload) {
+                                Ok(c) => c,
+                                Err(e) => { warn!(error = %e, "bad activation chunk dropped"); continue; }
+                            };
+                            let key = (c.epoch, c.request);
+                            if finished.contains(&key) {
+                                continue;
+                            }
+                            if !pending.contains_key(&key) && pending.len() >= MAX_PENDING {
+                                // The oldest request never got all its inputs (its sender died).
+                                pending.pop_first();
+                            }
+                            let entry = pending.entry(key).or_default();
+                            let tensor = c.tensor.clone();
+                            match entry.parts.entry(tensor.clone()).or_default().add(c) {
+                                Ok(Some(t)) => {
+                                    entry.parts.remove(&tensor);
+                                    entry.whole.insert(tensor, t);
+                                }
+                                Ok(None) => {}
+                                Err(e) => warn!(error = %e, "activation refused"),
+                            }
+                            try_run(&specs, &mut pending, &mut finished, key, &job_tx);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "broker connection lost; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            Some(done) = done_rx.recv() => match done {
+                Done::Loaded { epoch, result } => match result {
+                    Ok(load_ms) => {
+                        if let Some((_, ready)) = specs.get_mut(&epoch) {
+                            *ready = true;
+                        }
+                        info!(epoch, load_ms, "share loaded");
+                        status(&ExecStatus::Ready { epoch, load_ms });
+                        let keys: Vec<_> = pending.keys().filter(|k| k.0 == epoch).copied().collect();
+                        for key in keys {
+                            try_run(&specs, &mut pending, &mut finished, key, &job_tx);
+                        }
+                    }
+                    Err(reason) => {
+                        warn!(epoch, %reason, "assignment refused");
+                        status(&ExecStatus::Refused { epoch, reason });
+                    }
+                },
+                Done::Ran { epoch, request, result } => match result {
+                    Ok(outputs) => {
+                        let Some((spec, _)) = specs.get(&epoch) else { continue };
+                        for (tensor, dims, values) in outputs {
+                            let Some(route) = spec.outputs.iter().find(|o| o.tensor.name == tensor) else { continue };
+                            let chunks = activation_chunks(request, epoch, &tensor, &dims, &values);
+                            for to in &route.to {
+                                let topic = match to {
+                                    Destination::Agent(a) => topics.infer(a, InferKind::Act),
+                                    Destination::Orchestrator => topics.infer_result(),
+                                };
+                                for c in &chunks {
+                                    publish(&client, topic.clone(), c);
+                                }
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        warn!(epoch, request, %reason, "request failed");
+                        status(&ExecStatus::Failed { epoch, request, reason });
+                    }
+                },
+            },
+        }
+    }
+    // A clean goodbye: the same message the Last Will would carry.
+    publish(
+        &client,
+        topics.infer(&opts.name, InferKind::Gone),
+        &Death { bd_seq },
+    );
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(job_tx);
+    let _ = exec_thread.join();
+    Ok(())
+}
+
+/// Cuts a status's free text so it fits its size limit.
+fn bounded_status(s: ExecStatus) -> ExecStatus {
+    const MAX: usize = 2000;
+    let cut = |r: String| -> String {
+        if r.len() <= MAX {
+            return r;
+        }
+        let mut end = MAX;
+        while !r.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &r[..end])
+    };
+    match s {
+        ExecStatus::Refused { epoch, reason } => ExecStatus::Refused {
+            epoch,
+            reason: cut(reason),
+        },
+        ExecStatus::NeedWeights { epoch, reason } => ExecStatus::NeedWeights {
+            epoch,
+            reason: cut(reason),
+        },
+        ExecStatus::Failed {
+            epoch,
+            request,
+            reason,
+        } => ExecStatus::Failed {
+            epoch,
+            request,
+            reason: cut(reason),
+        },
+        ready => ready,
+    }
+}
+
+/// Sends a request to the executor once its epoch is loaded and all its inputs are in.
+fn try_run(
+    specs: &BTreeMap<u64, (Arc<SubgraphSpec>, bool)>,
+    pending: &mut BTreeMap<(u64, u64), Pending>,
+    finished: &mut VecDeque<(u64, u64)>,
+    key: (u64, u64),
+    jobs: &std::sync::mpsc::Sender<Job>,
+) {
+    let Some((spec, true)) = specs.get(&key.0) else {
+        return;
+    };
+    let Some(p) = pending.get(&key) else {
+        return;
+    };
+    if !spec.inputs.iter().all(|t| p.whole.contains_key(&t.name)) {
+        return;
+    }
+    let Some(p) = pending.remove(&key) else {
+        return;
+    };
+    finished.push_back(key);
+    while finished.len() > 4096 {
+        finished.pop_front();
+    }
+    let _ = jobs.send(Job::Run {
+        epoch: key.0,
+        request: key.1,
+        inputs: p.whole,
+    });
+}
+
+/// `moirai-agent infer-worker` options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// The orchestrator's broker: mqtt://host:port.
+    #[arg(long)]
+    pub broker: String,
+    /// Agent name (letters, digits, - _ .).
+    #[arg(long)]
+    pub name: String,
+    /// Board file of the class this agent stands for (its memory bounds what it accepts).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// A local copy of a model file (repeatable): its weights are used when its SHA-256
+    /// matches the assignment's; without one the orchestrator streams them.
+    #[arg(long)]
+    pub model: Vec<PathBuf>,
+    /// Memory for the share in MiB instead of the board's usable memory.
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+impl WorkerArgs {
+    /// Options from the arguments and the board file.
+    pub fn options(&self) -> Result<WorkerOptions, crate::config::ConfigError> {
+        let board = crate::config::load_board(&self.config)?;
+        Ok(WorkerOptions {
+            broker: BrokerAddr::parse(&self.broker).map_err(|source| {
+                crate::config::ConfigError::Broker {
+                    url: self.broker.clone(),
+                    source,
+                }
+            })?,
+            name: self.name.clone(),
+            prefix: self.prefix.clone(),
+            board: board.name.clone(),
+            memory_bytes: self
+                .memory_mb
+                .map(|m| m << 20)
+                .unwrap_or_else(|| board.usable_memory_bytes()),
+            peak_gflops: board.compute.f32_gflops as f32,
+            mem_gbps: board.memory.bandwidth_gbps as f32,
+            models: self.model.clone(),
+            slowdown: Duration::ZERO,
+        })
+    }
+}
+
+/// Runs the worker until SIGINT/SIGTERM.
+pub fn run_blocking(args: WorkerArgs) -> Result<(), WorkerError> {
+    let opts = args.options()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(WorkerError::Runtime)?;
+    rt.block_on(run(opts, moirai_orchestrator::serve::signalled()))
+}

@@ -1,0 +1,491 @@
+//! `moirai run --model M.onnx --input x.pb --agents N [--out y.pb]`: one distributed
+//! inference on a local fleet: the embedded broker, N `moirai-agent infer-worker` processes
+//! standing for different board classes, a plan, the request, the output as an ONNX
+//! TensorProto. With `--repeat` and `--in-flight` it sends several requests, pipelined.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moirai_shared::wire::BrokerAddr;
+use tokio::sync::mpsc;
+
+use super::model::{InferModel, Placement};
+use super::requests::Tensor;
+use super::session::{self, InferEvent, InferOutcome, SessionOptions};
+use super::{tensor, InferError};
+
+/// How `moirai run` places the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlacementArg {
+    /// The Moirai placer on the boards' roofline costs (may keep everything on one board).
+    Moirai,
+    /// Equal FLOP shares in topological order: every agent runs a stage.
+    Pipeline,
+}
+
+/// `moirai run` options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// The ONNX model (weights inside).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Input tensors (ONNX TensorProto), in the model's input order.
+    #[arg(long, required = true)]
+    pub input: Vec<PathBuf>,
+    /// Local agents to start.
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Where to write the output tensor (TensorProto; a model with several outputs gets
+    /// `_1`, `_2`... before the extension for the others).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A reference output (TensorProto) to compare with: prints the largest difference
+    /// relative to the reference's scale (max|got - want| / max|want|) and fails above
+    /// --tolerance.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
+    /// Board classes of the agents, cycled (file stems in --configs).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raspberry-pi-5,jetson-orin-nano,raspberry-pi-4,x86-cpu"
+    )]
+    pub boards: Vec<String>,
+    #[arg(long, default_value = "firmware-configs")]
+    pub configs: PathBuf,
+    /// Measured kernel times (`moirai-profiles/v1`, from `moirai-agent profile --backend cpu
+    /// --board BOARD`) the plan uses instead of the roofline where it has them.
+    #[arg(long)]
+    pub profiles: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "pipeline")]
+    pub placement: PlacementArg,
+    /// Placer time limit (ms) with --placement moirai.
+    #[arg(long, default_value_t = 1000)]
+    pub time_limit_ms: u64,
+    /// Agents get no local copy of the model: the orchestrator streams their weights.
+    #[arg(long)]
+    pub stream_weights: bool,
+    /// Requests to send (the same input each time).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// The moirai-agent binary (default: next to this one).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_s: u64,
+    /// After the run, measure throughput with 1, 4 and 16 requests in flight (this many
+    /// requests each), latency percentiles and measured/predicted latency.
+    #[arg(long)]
+    pub bench: Option<usize>,
+    /// Then keep the fleet up and serve `POST /v1/infer` and `GET /v1/metrics` on this
+    /// address until Ctrl-C (`moirai infer --url` talks to it).
+    #[arg(long)]
+    pub serve: Option<std::net::SocketAddr>,
+}
+
+/// Why `moirai run` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("agent binary {0} not found: build it with `cargo build -p moirai-agent` or pass --agent-bin")]
+    NoAgent(PathBuf),
+    #[error("board file {0} not found")]
+    Board(PathBuf),
+    #[error("cannot start agent {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the model has {model} input(s) but {given} --input file(s) were given")]
+    Inputs { model: usize, given: usize },
+    #[error("output differs from the reference by {diff:e} relative (tolerance {tol:e})")]
+    Mismatch { diff: f32, tol: f32 },
+    #[error("output shape {got:?} differs from the reference's {want:?}")]
+    Shape { got: Vec<u64>, want: Vec<u64> },
+    #[error("--agents must be at least 1")]
+    NoAgents,
+}
+
+/// A child agent process, stopped on drop.
+pub struct AgentProcess {
+    child: Child,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(2) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent binary next to the running one, or `given`.
+pub fn agent_binary(given: Option<&Path>) -> Result<PathBuf, RunError> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .map(|e| e.with_file_name(format!("moirai-agent{}", std::env::consts::EXE_SUFFIX)))
+            .unwrap_or_else(|_| PathBuf::from("moirai-agent")),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(RunError::NoAgent(path))
+    }
+}
+
+/// Starts `moirai-agent infer-worker` as a child process; logs go to `log`.
+pub fn spawn_agent(
+    bin: &Path,
+    broker: &BrokerAddr,
+    name: &str,
+    config: &Path,
+    model: Option<&Path>,
+    log: &Path,
+) -> Result<AgentProcess, RunError> {
+    if !config.is_file() {
+        return Err(RunError::Board(config.to_path_buf()));
+    }
+    let spawn = |source| RunError::Spawn {
+        name: name.to_string(),
+        source,
+    };
+    let file = std::fs::File::create(log).map_err(spawn)?;
+    let err = file.try_clone().map_err(spawn)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("infer-worker")
+        .args(["--broker", &broker.to_string(), "--name", name])
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err);
+    if let Some(m) = model {
+        cmd.arg("--model").arg(m);
+    }
+    let child = cmd.spawn().map_err(spawn)?;
+    Ok(AgentProcess { child })
+}
+
+/// Sends `repeat` requests with at most `in_flight` at once; outcomes in completion order.
+pub async fn pipelined(
+    handle: &session::SessionHandle,
+    inputs: Vec<Tensor>,
+    repeat: usize,
+    in_flight: usize,
+) -> Vec<Result<InferOutcome, InferError>> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(repeat);
+    let mut sent = 0;
+    while out.len() < repeat {
+        while sent < repeat && set.len() < in_flight.max(1) {
+            let h = handle.clone();
+            let inputs = inputs.clone();
+            set.spawn(async move { h.infer(inputs).await });
+            sent += 1;
+        }
+        match set.join_next().await {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(_)) => out.push(Err(InferError::Stopped)),
+            None => break,
+        }
+    }
+    out
+}
+
+/// One row of the benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    pub in_flight: usize,
+    pub requests: usize,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    /// Median of (measured run latency / predicted makespan).
+    pub ratio: f64,
+}
+
+/// Throughput and latency with 1, 4 and 16 requests in flight, `n` requests each.
+pub async fn bench(
+    handle: &session::SessionHandle,
+    inputs: &[Tensor],
+    n: usize,
+) -> Result<Vec<BenchRow>, InferError> {
+    let mut rows = Vec::new();
+    for k in [1usize, 4, 16] {
+        let t0 = Instant::now();
+        let results = pipelined(handle, inputs.to_vec(), n, k).await;
+        let wall = t0.elapsed().as_secs_f64();
+        let mut lat = Vec::new();
+        let mut ratios = Vec::new();
+        for r in results {
+            let o = r?;
+            let ms = o.latency.as_secs_f64() * 1e3;
+            lat.push(ms);
+            if o.predicted_ms > 0.0 {
+                ratios.push(ms / o.predicted_ms);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        ratios.sort_by(f64::total_cmp);
+        rows.push(BenchRow {
+            in_flight: k,
+            requests: n,
+            throughput: n as f64 / wall.max(1e-9),
+            p50_ms: percentile(&lat, 50.0),
+            p90_ms: percentile(&lat, 90.0),
+            p99_ms: percentile(&lat, 99.0),
+            ratio: percentile(&ratios, 50.0),
+        });
+    }
+    Ok(rows)
+}
+
+/// The benchmark as a Markdown table.
+pub fn bench_table(rows: &[BenchRow]) -> String {
+    let mut s = String::from(
+        "| in flight | requests | req/s | p50 ms | p90 ms | p99 ms | measured/predicted (p50) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            r.in_flight, r.requests, r.throughput, r.p50_ms, r.p90_ms, r.p99_ms, r.ratio
+        ));
+    }
+    s
+}
+
+/// Latency percentile (nearest rank) of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn numbered(path: &Path, i: usize) -> PathBuf {
+    if i == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("pb");
+    path.with_file_name(format!("{stem}_{i}.{ext}"))
+}
+
+/// Runs `moirai run`; prints to stdout.
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    if args.agents == 0 {
+        return Err(RunError::NoAgents);
+    }
+    let t_start = Instant::now();
+    let bin = agent_binary(args.agent_bin.as_deref())?;
+    let model = Arc::new(InferModel::load(&args.model)?);
+    if args.input.len() != model.inputs().len() {
+        return Err(RunError::Inputs {
+            model: model.inputs().len(),
+            given: args.input.len(),
+        });
+    }
+    let mut inputs = Vec::new();
+    for (path, spec) in args.input.iter().zip(model.inputs()) {
+        let mut t = tensor::read(path).map_err(InferError::from)?;
+        t.name = spec.name.clone();
+        inputs.push(t);
+    }
+    println!(
+        "model {} ({}): {} ONNX nodes in {} fused groups, sha256 {}",
+        model.onnx.name,
+        args.model.display(),
+        model.onnx.nodes.len(),
+        model.coarse.groups.len(),
+        &super::submodel::hex(&model.sha256)[..16]
+    );
+    let logs = std::env::temp_dir().join(format!("moirai-run-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).map_err(|source| RunError::Spawn {
+        name: "log folder".into(),
+        source,
+    })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let broker = crate::broker::start("127.0.0.1:0".parse().expect("an address"), 64)?;
+    let addr = BrokerAddr {
+        host: broker.addr.ip().to_string(),
+        port: broker.addr.port(),
+    };
+    let opts = SessionOptions {
+        broker: addr.clone(),
+        prefix: moirai_shared::wire::topic::DEFAULT_PREFIX.into(),
+        placement: match args.placement {
+            PlacementArg::Moirai => Placement::Moirai {
+                time_limit: Duration::from_millis(args.time_limit_ms),
+            },
+            PlacementArg::Pipeline => Placement::Pipeline,
+        },
+        min_agents: args.agents,
+        request_timeout: Duration::from_secs(args.timeout_s),
+        debounce: Duration::from_millis(200),
+        profiles: Arc::new(match &args.profiles {
+            Some(p) => super::model::load_profiles(p)?,
+            None => Default::default(),
+        }),
+    };
+    let timeout = Duration::from_secs(args.timeout_s);
+    let outcomes = rt.block_on(async {
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (handle, task) = session::start(opts, model.clone(), ev_tx, async {
+            let _ = stop_rx.await;
+        })?;
+        let printer = tokio::spawn(async move {
+            while let Some(ev) = ev_rx.recv().await {
+                match ev {
+                    InferEvent::Joined { name, board } => println!("joined: {name} ({board})"),
+                    InferEvent::Left { name } => println!("left: {name}"),
+                    InferEvent::Planned { summary, .. } => println!("plan {summary}"),
+                    InferEvent::Ready { epoch } => println!("epoch {epoch}: every agent loaded its share"),
+                    InferEvent::Refused { agent, reason } => println!("refused by {agent}: {reason}"),
+                    InferEvent::StreamingWeights { agent, bytes } => {
+                        println!("streaming {bytes} bytes of sub-model to {agent}")
+                    }
+                    InferEvent::Rerun { ids, agent } => {
+                        println!("{agent} died: {} request(s) run again", ids.len())
+                    }
+                    InferEvent::Connected => {}
+                }
+            }
+        });
+        // Agents start once the session listens, so their hellos are heard.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut agents = Vec::new();
+        for i in 0..args.agents {
+            let board = &args.boards[i % args.boards.len().max(1)];
+            let name = format!("{board}-{}", i + 1);
+            let config = args.configs.join(format!("{board}.toml"));
+            let local = (!args.stream_weights).then_some(args.model.as_path());
+            agents.push(spawn_agent(
+                &bin,
+                &addr,
+                &name,
+                &config,
+                local,
+                &logs.join(format!("{name}.log")),
+            )?);
+        }
+        let inputs_again = inputs.clone();
+        let result = tokio::time::timeout(
+            timeout,
+            pipelined(&handle, inputs, args.repeat.max(1), args.in_flight),
+        )
+        .await
+        .map_err(|_| InferError::Timeout(timeout));
+        let bench = match (&result, args.bench) {
+            (Ok(_), Some(n)) => Some(bench(&handle, &inputs_again, n.max(1)).await),
+            _ => None,
+        };
+        if let (Ok(_), Some(addr)) = (&result, args.serve) {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    println!("serving POST /v1/infer and GET /v1/metrics on http://{addr} (Ctrl-C stops)");
+                    let first = model.inputs().first().map(|t| t.name.clone()).unwrap_or_default();
+                    tokio::select! {
+                        _ = super::http::serve(l, handle.clone(), first) => {}
+                        _ = crate::serve::signalled() => {}
+                    }
+                }
+                Err(e) => eprintln!("cannot listen on {addr}: {e}"),
+            }
+        }
+        let metrics = handle.metrics.lock().map(|m| m.clone()).unwrap_or_default();
+        let _ = stop_tx.send(());
+        let _ = task.await;
+        drop(agents);
+        printer.abort();
+        Ok::<_, RunError>((result?, metrics, bench))
+    })?;
+    let (results, _metrics, bench) = outcomes;
+    let mut ok: Vec<InferOutcome> = Vec::new();
+    for r in results {
+        ok.push(r?);
+    }
+    // Latency on a ready plan: a first request also waits for the agents and the plan.
+    let mut lat: Vec<f64> = ok
+        .iter()
+        .map(|o| o.run_latency.as_secs_f64() * 1e3)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let first = ok.first().ok_or(InferError::Stopped)?;
+    println!(
+        "{} request(s) on epoch {}: latency on the ready plan p50 {:.1} ms, p90 {:.1} ms (the plan predicted {:.2} ms)",
+        ok.len(),
+        first.epoch,
+        percentile(&lat, 50.0),
+        percentile(&lat, 90.0),
+        first.predicted_ms
+    );
+    for t in &first.outputs {
+        let head: Vec<String> = t.values.iter().take(5).map(|v| format!("{v:.5}")).collect();
+        println!("output {} {:?}: [{} ...]", t.name, t.dims, head.join(", "));
+    }
+    if let Some(out) = &args.out {
+        for (i, t) in first.outputs.iter().enumerate() {
+            let p = numbered(out, i);
+            tensor::write(&p, t).map_err(InferError::from)?;
+            println!("wrote {}", p.display());
+        }
+    }
+    if let Some(r) = &args.reference {
+        let want = tensor::read(r).map_err(InferError::from)?;
+        let got = &first.outputs[0];
+        // Relative to the tensor's scale: max|got - want| / max|want|.
+        let scale = want.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff =
+            tensor::max_rel_diff(got, &want, scale.max(1e-12)).ok_or_else(|| RunError::Shape {
+                got: got.dims.clone(),
+                want: want.dims.clone(),
+            })?;
+        println!("largest relative difference to {}: {diff:e}", r.display());
+        if diff > args.tolerance {
+            return Err(RunError::Mismatch {
+                diff,
+                tol: args.tolerance,
+            });
+        }
+    }
+    if let Some(rows) = bench {
+        print!("{}", bench_table(&rows?));
+    }
+    println!(
+        "done in {:.1} s; agent logs in {}",
+        t_start.elapsed().as_secs_f64(),
+        logs.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,526 @@
+//! The orchestrator's side of distributed inference: one MQTT loop that tracks the agents
+//! that said hello, plans the model on them (a new plan epoch on every join or death), sends
+//! each agent its [`SubgraphSpec`](moirai_shared::wire::data::SubgraphSpec), streams weights
+//! to agents without a local copy, feeds request inputs, collects outputs and answers each
+//! request once.
+//!
+//! An epoch is used for new requests once every agent with a share reported ready; a
+//! request runs on the epoch it was dispatched on. When an agent dies, every request whose
+//! epoch gave it work goes back to the queue and is dispatched again on the next epoch.
+//! Callers talk to the loop through a [`SessionHandle`] (a channel, as rumqttc's client).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moirai_shared::wire::data::{activation_chunks, weight_chunks, ActivationChunk, ExecStatus};
+use moirai_shared::wire::life::{Birth, Death};
+use moirai_shared::wire::topic::{InferKind, InferTopic, Topics};
+use moirai_shared::wire::{decode, encode, BrokerAddr, WireMessage};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::model::{plan_epoch, EpochPlan, InferModel, Placement};
+use super::requests::{ChunkOutcome, Requests, Tensor};
+use super::submodel;
+use super::InferError;
+use crate::broker::MAX_PAYLOAD;
+use crate::fleet::model::PlanDevice;
+
+/// Session settings.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub broker: BrokerAddr,
+    pub prefix: String,
+    pub placement: Placement,
+    /// No first plan before this many agents said hello (later plans use whoever is left).
+    pub min_agents: usize,
+    /// A request not answered within this is failed.
+    pub request_timeout: Duration,
+    /// Quiet time after a join or death before replanning.
+    pub debounce: Duration,
+    /// Measured kernel times by board class (the roofline stands in elsewhere).
+    pub profiles: Arc<crate::fleet::store::ProfileStore>,
+}
+
+/// Latency samples kept for the metrics (the latest ones).
+pub const MAX_SAMPLES: usize = 10_000;
+
+/// A finished request.
+#[derive(Clone, Debug)]
+pub struct InferOutcome {
+    pub id: u64,
+    pub epoch: u64,
+    pub outputs: Vec<Tensor>,
+    /// From submission (waiting for a plan included) to the last output.
+    pub latency: Duration,
+    /// From the (last) dispatch on a ready plan to the last output.
+    pub run_latency: Duration,
+    /// The plan's predicted makespan for the epoch that answered.
+    pub predicted_ms: f64,
+    pub reruns: u32,
+}
+
+/// Latency next to prediction, per request, and counters.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub completed: u64,
+    pub failed: u64,
+    pub reruns: u64,
+    /// (measured end-to-end ms, predicted makespan ms) of each completed request.
+    pub samples: Vec<(f64, f64)>,
+    pub epoch: u64,
+    pub agents: usize,
+}
+
+/// What happened, for whoever prints progress.
+#[derive(Clone, Debug)]
+pub enum InferEvent {
+    Connected,
+    Joined { name: String, board: String },
+    Left { name: String },
+    Planned { epoch: u64, summary: String },
+    Ready { epoch: u64 },
+    Refused { agent: String, reason: String },
+    StreamingWeights { agent: String, bytes: usize },
+    Rerun { ids: Vec<u64>, agent: String },
+}
+
+enum Cmd {
+    Infer {
+        inputs: Vec<Tensor>,
+        reply: oneshot::Sender<Result<InferOutcome, InferError>>,
+    },
+}
+
+/// Talks to a running session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    tx: mpsc::UnboundedSender<Cmd>,
+    pub metrics: Arc<Mutex<Metrics>>,
+}
+
+impl SessionHandle {
+    /// Runs one request; waits for a plan if none is ready yet.
+    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<InferOutcome, InferError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Infer { inputs, reply })
+            .map_err(|_| InferError::Stopped)?;
+        rx.await.map_err(|_| InferError::Stopped)?
+    }
+}
+
+struct EpochState {
+    plan: EpochPlan,
+    ready: BTreeSet<String>,
+}
+
+fn publish<M: WireMessage>(client: &AsyncClient, topic: String, msg: &M) {
+    match encode(msg) {
+        Ok(bytes) => {
+            if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, bytes) {
+                warn!(%topic, error = %e, "publish dropped");
+            }
+        }
+        Err(e) => warn!(%topic, error = %e, "cannot encode"),
+    }
+}
+
+/// Starts the session loop on the current runtime; it runs until `shutdown` resolves.
+pub fn start(
+    opts: SessionOptions,
+    model: Arc<InferModel>,
+    events: mpsc::UnboundedSender<InferEvent>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(SessionHandle, tokio::task::JoinHandle<()>), InferError> {
+    let topics = Topics::new(&opts.prefix)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let metrics = Arc::new(Mutex::new(Metrics::default()));
+    let handle = SessionHandle {
+        tx,
+        metrics: metrics.clone(),
+    };
+    let task = tokio::spawn(run(opts, topics, model, rx, events, metrics, shutdown));
+    Ok((handle, task))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    opts: SessionOptions,
+    topics: Topics,
+    model: Arc<InferModel>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    events: mpsc::UnboundedSender<InferEvent>,
+    metrics: Arc<Mutex<Metrics>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let id = format!("moirai-infer-{}-{}", std::process::id(), session_nonce());
+    let mut mo = MqttOptions::new(id, opts.broker.host.clone(), opts.broker.port);
+    mo.set_keep_alive(Duration::from_secs(5));
+    mo.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
+    mo.set_clean_session(true);
+    mo.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(mo, 65536);
+    // Activations are latency-bound: no Nagle delay on the way to the broker.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let t0 = Instant::now();
+    let mut agents: BTreeMap<String, Birth> = BTreeMap::new();
+    let mut epochs: BTreeMap<u64, EpochState> = BTreeMap::new();
+    let mut next_epoch = 0u64;
+    let mut active: Option<u64> = None;
+    let mut requests = Requests::default();
+    let mut replies: BTreeMap<u64, oneshot::Sender<Result<InferOutcome, InferError>>> =
+        BTreeMap::new();
+    let mut replan_at: Option<Instant> = None;
+    let mut planning = false;
+    let mut refusal: Option<(String, String)> = None;
+    let (plan_tx, mut plan_rx) = mpsc::unbounded_channel::<Result<EpochPlan, InferError>>();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            cmd = cmds.recv() => match cmd {
+                None => break,
+                Some(Cmd::Infer { inputs, reply }) => {
+                    if let Some((agent, reason)) = refusal.clone().filter(|_| active.is_none()) {
+                        let _ = reply.send(Err(InferError::Refused { agent, reason }));
+                        continue;
+                    }
+                    if let Some(missing) = model.inputs().iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
+                        let _ = reply.send(Err(InferError::MissingInput(missing.name.clone())));
+                        continue;
+                    }
+                    let id = requests.submit(inputs, t0.elapsed());
+                    replies.insert(id, reply);
+                    if let Some(e) = active {
+                        dispatch(&client, &topics, &mut requests, &epochs, id, e, t0.elapsed());
+                    }
+                }
+            },
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    for k in [InferKind::Hello, InferKind::Gone, InferKind::Status] {
+                        let _ = client.try_subscribe(topics.infer_all(k), QoS::AtLeastOnce);
+                    }
+                    let _ = client.try_subscribe(topics.infer_result(), QoS::AtLeastOnce);
+                    let _ = events.send(InferEvent::Connected);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {}
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Ok(topic) = topics.parse_infer(&p.topic) else { continue };
+                    match topic {
+                        InferTopic::Result => {
+                            let Ok(c) = decode::<ActivationChunk>(&p.payload) else {
+                                debug!("undecodable result chunk dropped");
+                                continue;
+                            };
+                            match requests.on_chunk(c, model.outputs(), t0.elapsed()) {
+                                ChunkOutcome::Completed(done) => {
+                                    let predicted_ms = epochs.get(&done.epoch).map_or(0.0, |e| e.plan.predicted_ms);
+                                    {
+                                        let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+                                        m.completed += 1;
+                                        m.reruns += u64::from(done.reruns);
+                                        m.samples.push((done.run_latency.as_secs_f64() * 1e3, predicted_ms));
+                                        // A long-running server keeps the latest samples only.
+                                        if m.samples.len() > 2 * MAX_SAMPLES {
+                                            m.samples.drain(..MAX_SAMPLES);
+                                        }
+                                    }
+                                    if let Some(r) = replies.remove(&done.id) {
+                                        let _ = r.send(Ok(InferOutcome {
+                                            id: done.id,
+                                            epoch: done.epoch,
+                                            outputs: done.outputs,
+                                            latency: done.latency,
+                                            run_latency: done.run_latency,
+                                            predicted_ms,
+                                            reruns: done.reruns,
+                                        }));
+                                    }
+                                    forget_old_epochs(&mut epochs, active, &requests);
+                                }
+                                ChunkOutcome::Bad(e) => warn!(error = %e, "bad output chunk"),
+                                _ => {}
+                            }
+                        }
+                        InferTopic::Agent { name, kind } => match kind {
+                            InferKind::Hello => {
+                                let Ok(b) = decode::<Birth>(&p.payload) else { continue };
+                                if b.name != name { continue; }
+                                info!(agent = %name, board = %b.board, "agent ready for inference");
+                                let _ = events.send(InferEvent::Joined { name: name.to_string(), board: b.board.to_string() });
+                                agents.insert(name.to_string(), b);
+                                replan_at = Some(Instant::now() + opts.debounce);
+                            }
+                            InferKind::Gone => {
+                                let Ok(d) = decode::<Death>(&p.payload) else { continue };
+                                let name = name.to_string();
+                                if agents.get(&name).is_none_or(|b| b.bd_seq != d.bd_seq) {
+                                    continue;
+                                }
+                                agents.remove(&name);
+                                let _ = events.send(InferEvent::Left { name: name.clone() });
+                                let touched: BTreeSet<u64> = epochs
+                                    .iter()
+                                    .filter(|(_, e)| e.plan.split.specs.get(&name).is_some_and(|s| !s.nodes.is_empty()))
+                                    .map(|(&k, _)| k)
+                                    .collect();
+                                if active.is_some_and(|a| touched.contains(&a)) {
+                                    active = None;
+                                }
+                                let ids = requests.rerun_where(|e| touched.contains(&e));
+                                if !ids.is_empty() {
+                                    info!(agent = %name, requests = ids.len(), "agent died: its requests run again on the next plan");
+                                    let _ = events.send(InferEvent::Rerun { ids, agent: name.clone() });
+                                }
+                                replan_at = Some(Instant::now() + opts.debounce);
+                            }
+                            InferKind::Status => {
+                                let Ok(s) = decode::<ExecStatus>(&p.payload) else { continue };
+                                let name = name.to_string();
+                                match s {
+                                    ExecStatus::Ready { epoch, load_ms } => {
+                                        debug!(agent = %name, epoch, load_ms, "ready");
+                                        let Some(e) = epochs.get_mut(&epoch) else { continue };
+                                        e.ready.insert(name);
+                                        let all = e.plan.split.specs.keys().all(|a| e.ready.contains(a));
+                                        if all && active.is_none_or(|a| a < epoch) && epoch == next_epoch {
+                                            active = Some(epoch);
+                                            refusal = None;
+                                            let _ = events.send(InferEvent::Ready { epoch });
+                                            metrics.lock().unwrap_or_else(|e| e.into_inner()).epoch = epoch;
+                                            for id in requests.waiting() {
+                                                dispatch(&client, &topics, &mut requests, &epochs, id, epoch, t0.elapsed());
+                                            }
+                                            forget_old_epochs(&mut epochs, active, &requests);
+                                        }
+                                    }
+                                    ExecStatus::Refused { epoch, reason } => {
+                                        warn!(agent = %name, epoch, %reason, "assignment refused");
+                                        let _ = events.send(InferEvent::Refused { agent: name.clone(), reason: reason.clone() });
+                                        if active.is_none() {
+                                            for id in requests.waiting() {
+                                                requests.fail(id);
+                                                if let Some(r) = replies.remove(&id) {
+                                                    let _ = r.send(Err(InferError::Refused { agent: name.clone(), reason: reason.clone() }));
+                                                }
+                                            }
+                                        }
+                                        refusal = Some((name, reason));
+                                    }
+                                    ExecStatus::NeedWeights { epoch, reason } => {
+                                        let Some(spec) = epochs.get(&epoch).and_then(|e| e.plan.split.specs.get(&name)) else { continue };
+                                        info!(agent = %name, epoch, %reason, "streaming the agent's weights");
+                                        match submodel::extract(model.proto(), spec) {
+                                            Ok(sub) => {
+                                                let bytes = submodel::encode_model(&sub);
+                                                let sha = submodel::sha256(&bytes);
+                                                let _ = events.send(InferEvent::StreamingWeights { agent: name.clone(), bytes: bytes.len() });
+                                                for c in weight_chunks(epoch, sha, &bytes) {
+                                                    publish(&client, topics.infer(&name, InferKind::Weights), &c);
+                                                }
+                                            }
+                                            Err(e) => warn!(agent = %name, error = %e, "cannot cut the sub-model"),
+                                        }
+                                    }
+                                    ExecStatus::Failed { epoch, request, reason } => {
+                                        warn!(agent = %name, epoch, request, %reason, "request failed on an agent");
+                                        if requests.fail(request) {
+                                            metrics.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
+                                            if let Some(r) = replies.remove(&request) {
+                                                let _ = r.send(Err(InferError::AgentFailed { agent: name, reason }));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {}
+                        },
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "broker connection lost; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            Some(result) = plan_rx.recv() => {
+                planning = false;
+                match result {
+                    Ok(plan) => {
+                        let epoch = plan.epoch;
+                        // Agents that left while it was solved make it stale: plan again.
+                        if plan.split.specs.keys().any(|a| !agents.contains_key(a)) {
+                            replan_at = Some(Instant::now());
+                            continue;
+                        }
+                        info!(epoch, predicted_ms = plan.predicted_ms, "{}", plan.summary);
+                        let _ = events.send(InferEvent::Planned { epoch, summary: plan.summary.clone() });
+                        for (agent, spec) in &plan.split.specs {
+                            publish(&client, topics.infer(agent, InferKind::Subgraph), spec);
+                        }
+                        metrics.lock().unwrap_or_else(|e| e.into_inner()).agents = plan.split.specs.len();
+                        epochs.insert(epoch, EpochState { plan, ready: BTreeSet::new() });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "planning failed");
+                        refusal = Some(("orchestrator".into(), e.to_string()));
+                        if active.is_none() {
+                            for id in requests.waiting() {
+                                requests.fail(id);
+                                if let Some(r) = replies.remove(&id) {
+                                    let _ = r.send(Err(InferError::Plan(e.to_string())));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                // `min_agents` only holds the first plan back; later ones use whoever is left.
+                let enough = agents.len() >= if next_epoch == 0 { opts.min_agents.max(1) } else { 1 };
+                if !planning && enough && replan_at.is_some_and(|t| Instant::now() >= t) {
+                    replan_at = None;
+                    planning = true;
+                    next_epoch += 1;
+                    let epoch = next_epoch;
+                    let devices: Vec<PlanDevice> = agents.values().map(|b| PlanDevice {
+                        name: b.name.to_string(),
+                        board: b.board.to_string(),
+                        memory_bytes: b.memory_bytes,
+                        peak_gflops: f64::from(b.peak_gflops),
+                        mem_gbps: f64::from(b.mem_gbps),
+                        link: None,
+                    }).collect();
+                    let model = model.clone();
+                    let placement = opts.placement.clone();
+                    let profiles = opts.profiles.clone();
+                    let tx = plan_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = tx.send(plan_epoch(&model, devices, &placement, &profiles, epoch));
+                    });
+                }
+                let cutoff = t0.elapsed().saturating_sub(opts.request_timeout);
+                for id in requests.older_than(cutoff) {
+                    requests.fail(id);
+                    metrics.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
+                    if let Some(r) = replies.remove(&id) {
+                        let _ = r.send(Err(InferError::Timeout(opts.request_timeout)));
+                    }
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+/// Drops plans no request runs on any more, except the active one.
+fn forget_old_epochs(
+    epochs: &mut BTreeMap<u64, EpochState>,
+    active: Option<u64>,
+    requests: &Requests,
+) {
+    let Some(active) = active else { return };
+    let used = requests.epochs_in_use();
+    epochs.retain(|&e, _| e >= active || used.contains(&e));
+}
+
+fn dispatch(
+    client: &AsyncClient,
+    topics: &Topics,
+    requests: &mut Requests,
+    epochs: &BTreeMap<u64, EpochState>,
+    id: u64,
+    epoch: u64,
+    now: Duration,
+) {
+    let Some(state) = epochs.get(&epoch) else {
+        return;
+    };
+    let Some(inputs) = requests.dispatch(id, epoch, now) else {
+        return;
+    };
+    for (spec, readers) in &state.plan.split.inputs {
+        let Some(t) = inputs.iter().find(|t| t.name == spec.name) else {
+            continue;
+        };
+        let chunks = activation_chunks(id, epoch, &t.name, &t.dims, &t.values);
+        for agent in readers {
+            for c in &chunks {
+                publish(client, topics.infer(agent, InferKind::Act), c);
+            }
+        }
+    }
+}
+
+/// Distinguishes sessions of one process in their MQTT client ids.
+fn session_nonce() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000)
+        .unwrap_or(0)
+}
+
+/// Starts a session on `broker` (every agent that says hello gets a share, placed by the
+/// Moirai placer) and its HTTP endpoint on `listen`, both running until the process ends;
+/// prints what happens. For `moirai serve --infer-listen`.
+pub async fn serve_http(
+    broker: BrokerAddr,
+    prefix: String,
+    model: Arc<InferModel>,
+    listen: std::net::SocketAddr,
+) {
+    let opts = SessionOptions {
+        broker,
+        prefix,
+        placement: super::model::Placement::Moirai {
+            time_limit: Duration::from_millis(1000),
+        },
+        min_agents: 1,
+        request_timeout: Duration::from_secs(60),
+        debounce: Duration::from_millis(500),
+        profiles: Default::default(),
+    };
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let (handle, _task) = match start(opts, model.clone(), ev_tx, std::future::pending()) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("inference not served: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(ev) = ev_rx.recv().await {
+            match ev {
+                InferEvent::Planned { summary, .. } => println!("inference plan {summary}"),
+                InferEvent::Refused { agent, reason } => {
+                    println!("inference share refused by {agent}: {reason}")
+                }
+                InferEvent::Rerun { ids, agent } => {
+                    println!("{agent} died: {} inference request(s) run again", ids.len())
+                }
+                _ => {}
+            }
+        }
+    });
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => {
+            println!("inference: POST /v1/infer and GET /v1/metrics on http://{listen}");
+            let first = model
+                .inputs()
+                .first()
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            tokio::spawn(super::http::serve(l, handle, first));
+        }
+        Err(e) => println!("inference not served: cannot listen on {listen}: {e}"),
+    }
+}

@@ -1,0 +1,526 @@
+//! Distributed inference (issue 7): models with weights run across in-process agents over
+//! the embedded broker and match their reference outputs; plans change under load without
+//! losing a request.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moirai_agent::exec::worker::{self, WorkerOptions};
+use moirai_orchestrator::infer::model::{InferModel, Placement};
+use moirai_orchestrator::infer::requests::Tensor;
+use moirai_orchestrator::infer::run::pipelined;
+use moirai_orchestrator::infer::session::{self, InferEvent, SessionHandle, SessionOptions};
+use moirai_orchestrator::infer::{tensor, InferError};
+use moirai_shared::wire::BrokerAddr;
+use moirai_tests::fleet::repo_root;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Relative tolerance of the issue: max|got - want| / max|want| (the error relative to the
+/// tensor's scale: logits near zero would make an element-wise ratio meaningless).
+const TOL: f32 = 1e-4;
+
+fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
+    let scale = want.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    tensor::max_rel_diff(got, want, scale.max(1e-12)).unwrap_or_else(|| {
+        panic!(
+            "output shape {:?} differs from the reference {:?}",
+            got.dims, want.dims
+        )
+    })
+}
+
+struct Agent {
+    name: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), worker::WorkerError>>,
+}
+
+struct Fleet {
+    handle: SessionHandle,
+    events: mpsc::UnboundedReceiver<InferEvent>,
+    addr: BrokerAddr,
+    agents: Vec<Agent>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Clone)]
+struct AgentSpec {
+    name: &'static str,
+    board: &'static str,
+    local_copy: bool,
+    memory_mb: Option<u64>,
+    slowdown: Duration,
+}
+
+fn agent(name: &'static str, board: &'static str) -> AgentSpec {
+    AgentSpec {
+        name,
+        board,
+        local_copy: true,
+        memory_mb: None,
+        slowdown: Duration::ZERO,
+    }
+}
+
+fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
+    let board = moirai_agent::config::load_board(
+        &repo_root().join(format!("firmware-configs/{}.toml", a.board)),
+    )
+    .expect("board file");
+    let opts = WorkerOptions {
+        broker: addr.clone(),
+        name: a.name.into(),
+        prefix: "moirai/v1".into(),
+        board: board.name.clone(),
+        memory_bytes: a
+            .memory_mb
+            .map(|m| m << 20)
+            .unwrap_or(board.usable_memory_bytes()),
+        peak_gflops: board.compute.f32_gflops as f32,
+        mem_gbps: board.memory.bandwidth_gbps as f32,
+        models: if a.local_copy {
+            vec![model.to_path_buf()]
+        } else {
+            vec![]
+        },
+        slowdown: a.slowdown,
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker::run(opts, async {
+        let _ = rx.await;
+    }));
+    Agent {
+        name: a.name.into(),
+        stop: Some(tx),
+        task,
+    }
+}
+
+async fn start_fleet(model: Arc<InferModel>, path: &Path, agents: &[AgentSpec]) -> Fleet {
+    // RUST_LOG=moirai_orchestrator::infer=debug,moirai_agent::exec=debug shows the traffic.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let broker = moirai_orchestrator::broker::start("127.0.0.1:0".parse().unwrap(), 64)
+        .expect("embedded broker");
+    let addr = BrokerAddr {
+        host: broker.addr.ip().to_string(),
+        port: broker.addr.port(),
+    };
+    let opts = SessionOptions {
+        broker: addr.clone(),
+        prefix: "moirai/v1".into(),
+        placement: Placement::Pipeline,
+        min_agents: agents.len(),
+        request_timeout: Duration::from_secs(60),
+        debounce: Duration::from_millis(100),
+        profiles: Default::default(),
+    };
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let (handle, _task) = session::start(opts, model, ev_tx, async {
+        let _ = stop_rx.await;
+    })
+    .expect("session");
+    // Agents after the session subscribed, so their hellos are heard.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(InferEvent::Connected)) => break,
+            Ok(Some(_)) => {}
+            other => panic!("the session did not connect: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let agents = agents.iter().map(|a| start_agent(&addr, path, a)).collect();
+    Fleet {
+        handle,
+        events,
+        addr,
+        agents,
+        stop: Some(stop),
+    }
+}
+
+impl Fleet {
+    async fn shutdown(mut self) {
+        for a in &mut self.agents {
+            if let Some(s) = a.stop.take() {
+                let _ = s.send(());
+            }
+        }
+        for a in self.agents {
+            let _ = tokio::time::timeout(Duration::from_secs(3), a.task).await;
+        }
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Every event seen so far.
+    fn drain(&mut self) -> Vec<InferEvent> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// A model directory of the ONNX test-data convention.
+struct Case {
+    dir: PathBuf,
+    input: Tensor,
+    output: Tensor,
+}
+
+fn case(dir: PathBuf, model: &InferModel) -> Case {
+    let data = dir.join("test_data_set_0");
+    let mut input = tensor::read(&data.join("input_0.pb")).expect("input_0.pb");
+    input.name = model.inputs()[0].name.clone();
+    let output = tensor::read(&data.join("output_0.pb")).expect("output_0.pb");
+    Case { dir, input, output }
+}
+
+fn tiny() -> PathBuf {
+    repo_root().join("tests/fixtures/onnx/tiny-cnn")
+}
+
+async fn runs_across_three_agents(dir: PathBuf, stream_one: bool) {
+    let path = dir.join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(dir, &model);
+    let mut third = agent("jetson-1", "jetson-orin-nano");
+    // One agent has no local copy: its weights are streamed, chunked and checksummed.
+    third.local_copy = !stream_one;
+    let mut fleet = start_fleet(
+        model.clone(),
+        &path,
+        &[
+            agent("pi5-1", "raspberry-pi-5"),
+            agent("pi4-1", "raspberry-pi-4"),
+            third,
+        ],
+    )
+    .await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        fleet.handle.infer(vec![c.input.clone()]),
+    )
+    .await
+    .expect("answered in time")
+    .expect("inference succeeds");
+    let events = fleet.drain();
+    let planned = events
+        .iter()
+        .find_map(|e| match e {
+            InferEvent::Planned { summary, .. } => Some(summary.clone()),
+            _ => None,
+        })
+        .expect("a plan");
+    // Every agent ran a share: the summary lists `name:groups` per agent.
+    for a in ["pi5-1", "pi4-1", "jetson-1"] {
+        assert!(
+            !planned.contains(&format!("{a}:0 ")) && !planned.contains(&format!("{a}:0)")),
+            "{a} got no share: {planned}"
+        );
+    }
+    if stream_one {
+        assert!(
+            events.iter().any(
+                |e| matches!(e, InferEvent::StreamingWeights { agent, .. } if agent == "jetson-1")
+            ),
+            "the agent without a local copy was not streamed its weights"
+        );
+    }
+    let d = rel_diff(&out.outputs[0], &c.output);
+    println!(
+        "{}: {planned}; output {:?}, largest relative difference {d:e}, latency {:.1} ms",
+        c.dir.display(),
+        out.outputs[0].dims,
+        out.latency.as_secs_f64() * 1e3
+    );
+    assert!(d <= TOL, "{}: relative difference {d:e}", c.dir.display());
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_with_weights_run_across_three_agents_and_match_their_reference() {
+    runs_across_three_agents(tiny(), true).await;
+    let shared = repo_root().join("../shared/models/with-weights");
+    if !shared.is_dir() {
+        println!(
+            "skipping the ../shared models: {} is absent",
+            shared.display()
+        );
+        return;
+    }
+    for m in ["squeezenet1_1", "mobilenet_v2"] {
+        let dir = shared.join(m);
+        if !dir.join("model.onnx").is_file() {
+            println!("skipping {m}: {} is absent", dir.display());
+            continue;
+        }
+        // squeezenet's third agent gets its 5 MB of weights streamed in 256 KiB chunks.
+        runs_across_three_agents(dir, m == "squeezenet1_1").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_that_does_not_fit_memory_is_refused_with_the_figures() {
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    let mut small = agent("pi4-small", "raspberry-pi-4");
+    small.memory_mb = Some(0);
+    let fleet = start_fleet(model, &path, &[agent("pi5-1", "raspberry-pi-5"), small]).await;
+    let r = tokio::time::timeout(Duration::from_secs(60), fleet.handle.infer(vec![c.input]))
+        .await
+        .expect("answered in time");
+    match r {
+        Err(InferError::Refused { agent, reason }) => {
+            assert_eq!(agent, "pi4-small");
+            assert!(
+                reason.contains("KiB") && reason.contains("the board has 0 B"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_agent_with_twenty_requests_in_flight_loses_none() {
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    // Each agent takes 25 ms more per request, as a slow board: 20 requests keep the
+    // pipeline busy for about half a second.
+    let slow = |name, board| AgentSpec {
+        slowdown: Duration::from_millis(25),
+        ..agent(name, board)
+    };
+    let mut fleet = start_fleet(
+        model.clone(),
+        &path,
+        &[
+            slow("pi5-1", "raspberry-pi-5"),
+            slow("pi4-1", "raspberry-pi-4"),
+            slow("jetson-1", "jetson-orin-nano"),
+        ],
+    )
+    .await;
+    // A first request: the plan is ready.
+    fleet
+        .handle
+        .infer(vec![c.input.clone()])
+        .await
+        .expect("warm-up request");
+    let h = fleet.handle.clone();
+    let input = c.input.clone();
+    let burst = tokio::spawn(async move { pipelined(&h, vec![input], 20, 20).await });
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // SIGKILL-like: the task is dropped without a goodbye; the broker sends its Last Will.
+    let victim = fleet.agents.remove(1);
+    assert_eq!(victim.name, "pi4-1");
+    victim.task.abort();
+    let results = tokio::time::timeout(Duration::from_secs(90), burst)
+        .await
+        .expect("all 20 answered in time")
+        .expect("the burst task");
+    assert_eq!(results.len(), 20);
+    let mut reruns = 0;
+    let mut epochs = std::collections::BTreeSet::new();
+    for r in results {
+        let out = r.expect("every request completes");
+        let d = rel_diff(&out.outputs[0], &c.output);
+        assert!(d <= TOL, "request {} is wrong by {d:e}", out.id);
+        reruns += out.reruns;
+        epochs.insert(out.epoch);
+    }
+    let m = fleet.handle.metrics.lock().unwrap().clone();
+    println!(
+        "20 requests after a kill: {reruns} re-run, answered on epochs {epochs:?}; {} completed, {} failed in all",
+        m.completed, m.failed
+    );
+    assert!(reruns >= 1, "no request was in flight on the dead agent");
+    assert!(
+        epochs.iter().any(|&e| e >= 2),
+        "no request used the new plan"
+    );
+    assert_eq!(m.failed, 0);
+    let events = fleet.drain();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, InferEvent::Left { name } if name == "pi4-1")));
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joining_while_requests_stream_fails_none_and_later_requests_use_the_new_plan() {
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    let mut fleet = start_fleet(
+        model.clone(),
+        &path,
+        &[
+            agent("pi5-1", "raspberry-pi-5"),
+            agent("pi4-1", "raspberry-pi-4"),
+        ],
+    )
+    .await;
+    let first = fleet
+        .handle
+        .infer(vec![c.input.clone()])
+        .await
+        .expect("first request");
+    let h = fleet.handle.clone();
+    let input = c.input.clone();
+    let stream = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            out.push(h.infer(vec![input.clone()]).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let late = start_agent(&fleet.addr, &path, &agent("jetson-1", "jetson-orin-nano"));
+    fleet.agents.push(late);
+    let results = tokio::time::timeout(Duration::from_secs(90), stream)
+        .await
+        .expect("in time")
+        .expect("stream task");
+    let mut last_epoch = first.epoch;
+    for r in &results {
+        let out = r.as_ref().expect("no request fails while an agent joins");
+        assert!(rel_diff(&out.outputs[0], &c.output) <= TOL);
+        assert!(out.epoch >= last_epoch, "epochs go back");
+        last_epoch = out.epoch;
+    }
+    println!(
+        "40 requests while jetson-1 joined: first on epoch {}, last on epoch {last_epoch}",
+        first.epoch
+    );
+    assert!(
+        last_epoch > first.epoch,
+        "later requests did not use the new plan"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics() {
+    use moirai_orchestrator::infer::http;
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    let fleet = start_fleet(
+        model.clone(),
+        &path,
+        &[
+            agent("pi5-1", "raspberry-pi-5"),
+            agent("pi4-1", "raspberry-pi-4"),
+        ],
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(http::serve(
+        listener,
+        fleet.handle.clone(),
+        model.inputs()[0].name.clone(),
+    ));
+    let body = tensor::encode(&c.input);
+    let a = addr.clone();
+    let (status, head, reply) = tokio::task::spawn_blocking(move || {
+        http::post(
+            &a,
+            "/v1/infer",
+            "application/x-protobuf",
+            "application/x-protobuf",
+            &body,
+        )
+    })
+    .await
+    .unwrap()
+    .expect("http answer");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("X-Request-Id: "), "{head}");
+    let out = tensor::decode(&reply, Path::new("reply")).expect("a TensorProto");
+    assert!(rel_diff(&out, &c.output) <= TOL);
+    // JSON with a wrong number of values: a 400 naming the input.
+    let bad =
+        serde_json::json!({"inputs": [{"name": "input", "dims": [1, 3, 16, 16], "values": [1.0]}]})
+            .to_string();
+    let a = addr.clone();
+    let (status, _, reply) = tokio::task::spawn_blocking(move || {
+        http::post(
+            &a,
+            "/v1/infer",
+            "application/json",
+            "application/json",
+            bad.as_bytes(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&reply).contains("input `input` has 1 values"));
+    let a = addr.clone();
+    let (status, _, metrics) = tokio::task::spawn_blocking(move || {
+        http::call(&a, "GET", "/v1/metrics", "text/plain", "text/plain", b"")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&metrics).to_string();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("moirai_requests_completed_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("moirai_predicted_makespan_ms "), "{text}");
+    assert!(
+        text.contains("moirai_request_latency_ms{quantile=\"0.5\"}"),
+        "{text}"
+    );
+    server.abort();
+    fleet.shutdown().await;
+}
+
+#[test]
+fn every_op_of_the_reference_models_is_in_the_executors_op_set() {
+    let dir = repo_root().join("../shared/models");
+    if !dir.is_dir() {
+        println!("skipping: {} is absent", dir.display());
+        return;
+    }
+    let mut checked = 0;
+    for name in [
+        "resnet50",
+        "googlenet",
+        "mobilenet_v2",
+        "bert_base",
+        "squeezenet1_1",
+        "resnet18",
+        "distilbert",
+    ] {
+        let path = dir.join(format!("{name}.onnx"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            println!("skipping {name}: {} is absent", path.display());
+            continue;
+        };
+        let proto = moirai_orchestrator::infer::submodel::decode_model(&bytes).expect(name);
+        if let Err(e) = moirai_agent::exec::subgraph::check_ops(&proto, 1) {
+            panic!("{name}: {e}");
+        }
+        checked += 1;
+    }
+    println!("{checked} reference models: every op is in the CPU executor's op set");
+}
