@@ -82,6 +82,7 @@ fn a_broken_release_rolls_back_and_a_good_one_becomes_current() {
     });
 
     // A release that crashes at once: rolled back as well.
+    let from = orch.seen.len();
     let crashing = dir.join("crashing-agent");
     std::fs::write(&crashing, "#!/bin/sh\necho bad build >&2\nexit 3\n").unwrap();
     assert!(!rollout::run(args(port, "0.2.1", &crashing, 30)).expect("rollout runs"));
@@ -89,6 +90,9 @@ fn a_broken_release_rolls_back_and_a_good_one_becomes_current() {
         l.contains("release 0.2.1 rolled back") && l.contains("exited")
     });
     assert_eq!(current(), Path::new("releases/0.1.0"));
+    orch.expect(from, SLOW, "pi back after the second rollback", |l| {
+        l.starts_with("joined pi ") || l.starts_with("restarted pi ")
+    });
 
     // A working release (the same agent build under a new name): online, then current.
     let from = orch.seen.len();
