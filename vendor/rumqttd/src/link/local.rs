@@ -325,6 +325,12 @@ pub struct LinkRx {
 }
 
 impl LinkRx {
+    /// Moirai patch: the outgoing buffer shared with the router, which identifies this
+    /// connection (see `Event::LinkClosed`).
+    pub(crate) fn outgoing_buffer(&self) -> Arc<Mutex<VecDeque<Notification>>> {
+        self.send_buffer.clone()
+    }
+
     pub fn new(
         connection_id: ConnectionId,
         router_tx: Sender<(ConnectionId, Event)>,

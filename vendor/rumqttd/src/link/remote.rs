@@ -125,6 +125,13 @@ impl<P: Protocol> RemoteLink<P> {
         })
     }
 
+    /// Moirai patch: what identifies this connection to the router (`Event::LinkClosed`).
+    pub(crate) fn outgoing_buffer(
+        &self,
+    ) -> Arc<parking_lot::Mutex<VecDeque<Notification>>> {
+        self.link_rx.outgoing_buffer()
+    }
+
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
 

@@ -55,6 +55,11 @@ pub enum Event {
     DeviceData,
     /// Disconnection request
     Disconnect,
+    /// Moirai patch: a remote link ended. Carries the link's outgoing buffer, which
+    /// identifies the connection: its slab id may already belong to a newer connection
+    /// (a takeover under the same client id frees and reuses the slot), which a plain
+    /// `Disconnect` would then cut off.
+    LinkClosed(std::sync::Arc<parking_lot::Mutex<VecDeque<Notification>>>),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links
@@ -64,7 +69,14 @@ pub enum Event {
     /// Get metrics of a connection or all connections
     PrintStatus(Print),
     /// Publish Will message
-    PublishWill((String, Option<String>)),
+    /// Moirai patch: with the connection's outgoing buffer, which says whose will it is.
+    PublishWill(
+        (
+            String,
+            Option<String>,
+            std::sync::Arc<parking_lot::Mutex<VecDeque<Notification>>>,
+        ),
+    ),
 }
 
 /// Notification from router to connection

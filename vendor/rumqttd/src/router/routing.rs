@@ -70,10 +70,11 @@ pub struct Router {
     connections: Slab<Connection>,
     /// Connection map from device id to connection id
     connection_map: HashMap<String, ConnectionId>,
-    /// Moirai patch: client ids whose previous connection's will was published at a takeover;
-    /// that connection's task still sends its own `PublishWill`, which must not fire the will
-    /// the new connection registered under the same client id.
-    takeover_wills: HashMap<String, usize>,
+    /// Moirai patch: which connection (by its outgoing buffer) registered the will stored
+    /// under each client id. A `PublishWill` fires it only for that connection: the report
+    /// of an older connection under the same id (taken over, or cleanly disconnected just
+    /// before a quick reconnect) must not fire the newer connection's will.
+    will_owner: HashMap<String, std::sync::Arc<parking_lot::Mutex<VecDeque<Notification>>>>,
     /// Subscription map to interested connection ids
     subscription_map: HashMap<Filter, HashSet<ConnectionId>>,
     /// Incoming data grouped by connection
@@ -133,7 +134,7 @@ impl Router {
             alerts,
             connections,
             connection_map: Default::default(),
-            takeover_wills: Default::default(),
+            will_owner: Default::default(),
             subscription_map: Default::default(),
             ibufs,
             obufs,
@@ -250,6 +251,18 @@ impl Router {
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
+            Event::LinkClosed(buffer) => {
+                // Moirai patch: the slot may hold a newer connection by now.
+                let same = self
+                    .obufs
+                    .get(id)
+                    .is_some_and(|o| std::sync::Arc::ptr_eq(&o.data_buffer, &buffer));
+                if same {
+                    self.handle_disconnection(id, None);
+                } else {
+                    debug!(connection_id = id, "link of a replaced connection closed");
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
@@ -261,13 +274,14 @@ impl Router {
                 self.send_meters();
             }
             Event::PrintStatus(metrics) => print_status(self, metrics),
-            Event::PublishWill((client_id, _tenant_id)) => {
-                // Moirai patch: the will of a taken-over connection went out at the takeover.
-                if let Some(n) = self.takeover_wills.get_mut(&client_id) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.takeover_wills.remove(&client_id);
-                    }
+            Event::PublishWill((client_id, _tenant_id, owner)) => {
+                // Moirai patch: only the will this connection registered.
+                let own = self
+                    .will_owner
+                    .get(&client_id)
+                    .is_some_and(|o| std::sync::Arc::ptr_eq(o, &owner));
+                if !own {
+                    debug!(client_id, "will of a replaced connection not published");
                     return;
                 }
                 self.handle_last_will(
@@ -364,22 +378,23 @@ impl Router {
 
         // Moirai patch: a will still stored under this client id is the previous connection's
         // (taken over now, or gone without a DISCONNECT before its task reported). A clean
-        // takeover ends that session: publish its will now, as MQTT asks, and remember that
-        // its task's late `PublishWill` is spent, instead of letting it fire the will this
-        // connection registers below.
+        // takeover ends that session: publish its will now, as MQTT asks; its task's late
+        // `PublishWill` no longer matches the owner and is dropped.
         if clean_session && self.last_wills.contains_key(&client_id) {
             self.handle_last_will(
                 client_id.clone(),
                 #[cfg(feature = "validate-tenant-prefix")]
                 None,
             );
-            *self.takeover_wills.entry(client_id.clone()).or_default() += 1;
         }
+        self.will_owner.remove(&client_id);
         if let Some(will) = connection.last_will.take() {
             self.last_wills.insert(
                 client_id.clone(),
                 (will, connection.last_will_properties.take()),
             );
+            self.will_owner
+                .insert(client_id.clone(), outgoing.data_buffer.clone());
         }
 
         let connection_id = self.connections.insert(connection);

@@ -600,6 +600,7 @@ async fn remote<P: Protocol>(
 
     let connection_id = link.connection_id;
     let will_delay_interval = link.will_delay_interval;
+    let own_buffer = link.outgoing_buffer();
     let mut send_disconnect = true;
 
     match link.start().await {
@@ -624,7 +625,8 @@ async fn remote<P: Protocol>(
     };
 
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        // Moirai patch: only this connection, even if its slab id was reused meanwhile.
+        let disconnect = Event::LinkClosed(own_buffer.clone());
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }
@@ -649,7 +651,7 @@ async fn remote<P: Protocol>(
     };
 
     if publish_will {
-        let message = Event::PublishWill((client_id, tenant_id));
+        let message = Event::PublishWill((client_id, tenant_id, own_buffer));
         // is this connection_id really correct at this point?
         // as we have disconnected already, some other connection
         // might be using this connection ID!
