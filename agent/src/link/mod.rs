@@ -214,6 +214,7 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let parsed = topics.parse(&p.topic);
                     let mut actions = Vec::new();
+                    let mut new_session = false;
                     match parsed {
                         Ok(Topic::OrchState) => match decode::<OrchState>(&p.payload) {
                             Ok(s) => actions = life.on_orch_state(&s),
@@ -230,18 +231,9 @@ pub async fn run(
                                 && decode::<Death>(&p.payload).is_ok_and(|d| life.is_announced() && d.bd_seq == life.bd_seq()) =>
                         {
                             // A death of the session in progress: the broker fired this client
-                            // id's Last Will for a live connection (rumqttd keys wills by client
-                            // id; see vendor/README.md).
-                            // The orchestrator now holds this session dead and will refuse its
-                            // birth: start a new session instead of arguing.
-                            warn!(bd_seq = life.bd_seq(), "declared dead while connected; reconnecting as a new session");
-                            life.on_disconnected(now_ms());
-                            eventloop.mqtt_options.set_last_will(will(&life));
-                            eventloop.network = None;
-                            eventloop.pending.clear();
-                            publishes.clear();
-                            probe = None;
-                            emit(AgentEvent::Disconnected);
+                            // id's Last Will for a live connection. The orchestrator now holds
+                            // this session dead and will refuse its birth: start a new one.
+                            new_session = true;
                         }
                         Ok(Topic::Agent { name: n, kind: TopicKind::UpgradeOffer }) if n.as_str() == name => match decode::<UpgradeOffer>(&p.payload) {
                             Ok(offer) => {
@@ -288,6 +280,7 @@ pub async fn run(
                             TopicKind::Command => match decode::<Command>(&p.payload) {
                                 Ok(Command::Rebirth) => actions = life.on_rebirth(),
                                 Ok(Command::ProbeLink) => probe_to_send = Some(start_probe(&mut probe, &mut probe_seq, cfg.probe_bytes)),
+                                Ok(Command::NewSession { bd_seq }) => new_session |= bd_seq == life.bd_seq(),
                                 Err(e) => debug!(error = %e, "command dropped"),
                             },
                             TopicKind::ProfileRequest => match decode::<ProfileRequest>(&p.payload) {
@@ -352,6 +345,17 @@ pub async fn run(
                                 probe_to_send = Some(start_probe(&mut probe, &mut probe_seq, cfg.probe_bytes));
                             }
                         }
+                    }
+                    if new_session {
+                        warn!(bd_seq = life.bd_seq(), "this session was declared dead while connected; reconnecting as a new one");
+                        life.on_disconnected(now_ms());
+                        eventloop.mqtt_options.set_last_will(will(&life));
+                        eventloop.network = None;
+                        eventloop.pending.clear();
+                        publishes.clear();
+                        probe = None;
+                        emit(AgentEvent::Disconnected);
+                        continue;
                     }
                     if let Some(seq) = probe_to_send.take() {
                         if let Ok(b) = encode(&Probe { seq, padding: vec![0; 8] }) {

@@ -59,6 +59,8 @@ pub enum Transition {
     Alive,
     /// Heartbeats from a session without a birth: ask for one.
     NeedsRebirth,
+    /// Heartbeats from a session whose death was delivered: ask for a new session.
+    NeedsNewSession,
     /// A message of an older session, or a death of a session already dead: ignored.
     Stale,
 }
@@ -128,7 +130,8 @@ impl Session {
             return Transition::Alive;
         }
         if bd_seq == self.bd_seq && self.liveness == Liveness::Dead(DeathCause::LastWill) {
-            return Transition::Stale;
+            // Its death was delivered, yet it speaks: a will fired for a live connection.
+            return Transition::NeedsNewSession;
         }
         Transition::NeedsRebirth
     }
@@ -174,11 +177,14 @@ mod tests {
     }
 
     #[test]
-    fn a_session_that_left_a_last_will_cannot_be_reborn() {
+    fn a_session_that_left_a_last_will_cannot_be_reborn_but_is_told_to_start_anew() {
         let mut s = Session::born(3, S);
         s.on_death(3);
         assert_eq!(s.on_birth(3, 2 * S), Transition::Stale);
-        assert_eq!(s.on_heartbeat(3, 2 * S), Transition::Stale);
+        // Still speaking after its will was delivered: the broker fired it for a live
+        // connection. The agent is asked for a new session, not ignored forever.
+        assert_eq!(s.on_heartbeat(3, 2 * S), Transition::NeedsNewSession);
+        assert_eq!(s.on_heartbeat(2, 2 * S), Transition::Stale);
         assert_eq!(s.on_birth(4, 2 * S), Transition::Joined);
     }
 

@@ -201,6 +201,15 @@ impl Fleet {
                         name,
                         command: Command::Rebirth,
                     }),
+                    Transition::NeedsNewSession => {
+                        info!(agent = %name, bd_seq = heartbeat.bd_seq, "heartbeat of a dead session; asking for a new one");
+                        out.push(Outbound::Command {
+                            name,
+                            command: Command::NewSession {
+                                bd_seq: heartbeat.bd_seq,
+                            },
+                        })
+                    }
                     Transition::Stale => self.drops.stale += 1,
                     _ => {}
                 }

@@ -115,11 +115,16 @@ pub enum Command {
     Rebirth,
     /// Measure the link to the broker again.
     ProbeLink,
+    /// Session `bd_seq` is over for the orchestrator (its death was delivered: a Last Will
+    /// the broker fired for a connection that is in fact alive), yet it still speaks: start
+    /// a new session (new `bd_seq`, new will, new birth). Carries the session so that a late
+    /// copy cannot end the next one.
+    NewSession { bd_seq: u64 },
 }
 
 impl WireMessage for Command {
     const KIND: MessageKind = MessageKind::Command;
-    const MAX_SIZE: usize = 8;
+    const MAX_SIZE: usize = 16;
 }
 
 /// Link-probe payload an agent publishes to its own probe topic and reads back.
@@ -227,6 +232,7 @@ mod tests {
         });
         round_trip(&Command::Rebirth);
         round_trip(&Command::ProbeLink);
+        round_trip(&Command::NewSession { bd_seq: u64::MAX });
         round_trip(&Probe {
             seq: 3,
             padding: vec![0xAB; 1000],
