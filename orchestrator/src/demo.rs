@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+use crate::local_agent::AgentProcess;
 use crate::replan::CurrentPlan;
 use crate::serve::{self, FleetArgs, ServeError, ServeEvent};
 
@@ -84,40 +85,8 @@ pub struct DemoArgs {
 }
 
 fn agent_binary(args: &DemoArgs) -> Result<PathBuf, DemoError> {
-    let path = match &args.agent_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map(|e| e.with_file_name(format!("moirai-agent{}", std::env::consts::EXE_SUFFIX)))
-            .unwrap_or_else(|_| PathBuf::from("moirai-agent")),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(DemoError::NoAgent { path })
-    }
-}
-
-struct Agent {
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SIGTERM lets it say goodbye; then make sure.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(2) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    crate::local_agent::agent_binary(args.agent_bin.as_deref())
+        .map_err(|path| DemoError::NoAgent { path })
 }
 
 fn spawn_agent(
@@ -126,7 +95,7 @@ fn spawn_agent(
     broker: &str,
     name: &str,
     board: &str,
-) -> Result<Agent, DemoError> {
+) -> Result<AgentProcess, DemoError> {
     let config = args.configs.join(format!("{board}.toml"));
     if !config.is_file() {
         return Err(DemoError::Board {
@@ -160,7 +129,7 @@ fn spawn_agent(
         name: name.to_string(),
         source,
     })?;
-    Ok(Agent { child })
+    Ok(AgentProcess::new(child))
 }
 
 fn write(path: PathBuf, text: &str) -> Result<PathBuf, DemoError> {
@@ -248,7 +217,7 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let mut profile_bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
         let mut solving: Option<ProgressBar> = None;
-        let mut agents: Vec<Agent> = Vec::new();
+        let mut agents: Vec<AgentProcess> = Vec::new();
         let mut broker = String::new();
         let mut plans: Vec<Arc<CurrentPlan>> = Vec::new();
         let mut joined_late = false;

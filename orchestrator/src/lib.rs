@@ -22,6 +22,7 @@ pub mod fleet;
 pub mod fleet_bench;
 pub mod import;
 pub mod infer;
+pub mod local_agent;
 pub mod place;
 pub mod replan;
 pub mod report;

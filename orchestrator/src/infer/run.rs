@@ -4,7 +4,7 @@
 //! TensorProto. With `--repeat` and `--in-flight` it sends several requests, pipelined.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,42 +119,11 @@ pub enum RunError {
     NoAgents,
 }
 
-/// A child agent process, stopped on drop.
-pub struct AgentProcess {
-    child: Child,
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(2) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use crate::local_agent::AgentProcess;
 
 /// The agent binary next to the running one, or `given`.
 pub fn agent_binary(given: Option<&Path>) -> Result<PathBuf, RunError> {
-    let path = match given {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .map(|e| e.with_file_name(format!("moirai-agent{}", std::env::consts::EXE_SUFFIX)))
-            .unwrap_or_else(|_| PathBuf::from("moirai-agent")),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(RunError::NoAgent(path))
-    }
+    crate::local_agent::agent_binary(given).map_err(RunError::NoAgent)
 }
 
 /// Starts `moirai-agent infer-worker` as a child process; logs go to `log`.
@@ -187,7 +156,7 @@ pub fn spawn_agent(
         cmd.arg("--model").arg(m);
     }
     let child = cmd.spawn().map_err(spawn)?;
-    Ok(AgentProcess { child })
+    Ok(AgentProcess::new(child))
 }
 
 /// Sends `repeat` requests with at most `in_flight` at once; outcomes in completion order.
