@@ -11,6 +11,7 @@
 //! because the simulator walks them millions of times during a search.
 
 pub mod format;
+pub mod sample;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use thiserror::Error;
@@ -338,38 +339,7 @@ impl Graph {
 pub(crate) mod tests {
     use super::*;
 
-    /// A diamond a -> {b, c} -> d on two devices; device 1 is twice as slow.
-    pub(crate) fn diamond() -> Graph {
-        let devices = vec![
-            Device {
-                name: "fast".into(),
-                memory_bytes: 100,
-            },
-            Device {
-                name: "slow".into(),
-                memory_bytes: 100,
-            },
-        ];
-        let op = |name: &str, t: f64| Op {
-            name: name.into(),
-            time_ms: vec![t, 2.0 * t],
-            memory_bytes: 10,
-            kernel: None,
-        };
-        let edge = |s: u32, d: u32| Edge {
-            src: OpId(s),
-            dst: OpId(d),
-            transfer_ms: vec![0.0, 1.0, 1.0, 0.0],
-            tensor: None,
-        };
-        Graph::new(
-            "diamond",
-            devices,
-            vec![op("a", 1.0), op("b", 4.0), op("c", 4.0), op("d", 1.0)],
-            vec![edge(0, 1), edge(0, 2), edge(1, 3), edge(2, 3)],
-        )
-        .unwrap()
-    }
+    pub(crate) use super::sample::diamond;
 
     #[test]
     fn topo_order_puts_every_edge_forward() {
