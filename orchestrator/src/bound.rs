@@ -12,42 +12,14 @@ use std::time::Duration;
 
 use moirai_shared::plan::bound::basic;
 pub use moirai_shared::plan::bound::LowerBound;
-use moirai_shared::Graph;
+use moirai_shared::{DeviceId, Graph};
 
-use crate::place::lp::Lp;
+use crate::place::lp::AssignmentLp;
 
 /// The LP relaxation bound, or `None` when the LP did not solve within `limit`.
 pub fn lp_relaxation(g: &Graph, limit: Duration) -> Option<LowerBound> {
-    let mut lp = Lp::new();
-    let t = lp.var(1.0, 0.0, f64::INFINITY);
-    let x: Vec<Vec<_>> = g
-        .op_ids()
-        .map(|_| g.device_ids().map(|_| lp.var(0.0, 0.0, 1.0)).collect())
-        .collect();
-    let c: Vec<_> = g
-        .op_ids()
-        .map(|_| lp.var(0.0, 0.0, f64::INFINITY))
-        .collect();
-    for op in g.op_ids() {
-        let i = op.index();
-        let ones: Vec<_> = x[i].iter().map(|&v| (v, 1.0)).collect();
-        lp.eq(&ones, 1.0);
-        let own: Vec<_> = g
-            .device_ids()
-            .map(|d| (x[i][d.index()], -g.time(op, d)))
-            .collect();
-        let mut terms = vec![(c[i], 1.0)];
-        terms.extend(own.iter().copied());
-        lp.ge(&terms, 0.0);
-        for &e in g.in_edges(op) {
-            let mut terms = vec![(c[i], 1.0), (c[g.edge(e).src.index()], -1.0)];
-            terms.extend(own.iter().copied());
-            lp.ge(&terms, 0.0);
-        }
-        if g.out_edges(op).is_empty() {
-            lp.ge(&[(t, 1.0), (c[i], -1.0)], 0.0);
-        }
-    }
+    let AssignmentLp { mut lp, t, x } =
+        AssignmentLp::new(g, g.num_devices(), |op, d| g.time(op, DeviceId::from(d)));
     for d in g.device_ids() {
         let mut load = vec![(t, 1.0)];
         load.extend(

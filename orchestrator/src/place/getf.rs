@@ -13,7 +13,7 @@ use std::time::Duration;
 use moirai_shared::{DeviceId, Graph};
 
 use super::greedy::{etf, upward_rank};
-use super::lp::Lp;
+use super::lp::AssignmentLp;
 use super::{PlaceError, Placed};
 
 /// Devices grouped by speed, fastest group first.
@@ -42,38 +42,8 @@ pub fn group_of_ops(g: &Graph, groups: &[Vec<DeviceId>]) -> Result<Vec<usize>, S
             .map(|&d| g.time(op, d))
             .fold(f64::INFINITY, f64::min)
     };
-    let mut lp = Lp::new();
-    let t = lp.var(1.0, 0.0, f64::INFINITY);
-    let x: Vec<Vec<_>> = g
-        .op_ids()
-        .map(|_| groups.iter().map(|_| lp.var(0.0, 0.0, 1.0)).collect())
-        .collect();
-    let c: Vec<_> = g
-        .op_ids()
-        .map(|_| lp.var(0.0, 0.0, f64::INFINITY))
-        .collect();
-    for op in g.op_ids() {
-        let i = op.index();
-        let ones: Vec<_> = x[i].iter().map(|&v| (v, 1.0)).collect();
-        lp.eq(&ones, 1.0);
-        // C_i >= C_pred + own time; sources: C_i >= own time.
-        let own: Vec<_> = groups
-            .iter()
-            .enumerate()
-            .map(|(gi, grp)| (x[i][gi], -p(op, grp)))
-            .collect();
-        let mut terms = vec![(c[i], 1.0)];
-        terms.extend(own.iter().copied());
-        lp.ge(&terms, 0.0);
-        for &e in g.in_edges(op) {
-            let mut terms = vec![(c[i], 1.0), (c[g.edge(e).src.index()], -1.0)];
-            terms.extend(own.iter().copied());
-            lp.ge(&terms, 0.0);
-        }
-        if g.out_edges(op).is_empty() {
-            lp.ge(&[(t, 1.0), (c[i], -1.0)], 0.0);
-        }
-    }
+    let AssignmentLp { mut lp, t, x } =
+        AssignmentLp::new(g, groups.len(), |op, gi| p(op, &groups[gi]));
     for (gi, grp) in groups.iter().enumerate() {
         let mut terms = vec![(t, 1.0)];
         terms.extend(

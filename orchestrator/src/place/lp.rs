@@ -86,3 +86,52 @@ impl LpSolution {
         self.s.objective()
     }
 }
+
+/// The fractional-assignment relaxation the LP bound and GETF share: `x[i][j]` is the share
+/// of op `i` on column `j` (a device, or a group of devices), `c[i]` its completion time and
+/// `t` the makespan, the objective. Built here: one assignment row per op, precedence
+/// (`c_i >= c_pred + own time`, and `c_i >= own time`) and `t >= c_sink`; the caller adds its
+/// capacity rows (load, memory) and solves.
+pub struct AssignmentLp {
+    pub lp: Lp,
+    pub t: Variable,
+    pub x: Vec<Vec<Variable>>,
+}
+
+impl AssignmentLp {
+    /// `time(op, j)`: the run time of `op` on column `j`.
+    pub fn new(
+        g: &moirai_shared::Graph,
+        columns: usize,
+        time: impl Fn(moirai_shared::OpId, usize) -> f64,
+    ) -> Self {
+        let mut lp = Lp::new();
+        let t = lp.var(1.0, 0.0, f64::INFINITY);
+        let x: Vec<Vec<_>> = g
+            .op_ids()
+            .map(|_| (0..columns).map(|_| lp.var(0.0, 0.0, 1.0)).collect())
+            .collect();
+        let c: Vec<_> = g
+            .op_ids()
+            .map(|_| lp.var(0.0, 0.0, f64::INFINITY))
+            .collect();
+        for op in g.op_ids() {
+            let i = op.index();
+            let ones: Vec<_> = x[i].iter().map(|&v| (v, 1.0)).collect();
+            lp.eq(&ones, 1.0);
+            let own: Vec<_> = (0..columns).map(|j| (x[i][j], -time(op, j))).collect();
+            let mut terms = vec![(c[i], 1.0)];
+            terms.extend(own.iter().copied());
+            lp.ge(&terms, 0.0);
+            for &e in g.in_edges(op) {
+                let mut terms = vec![(c[i], 1.0), (c[g.edge(e).src.index()], -1.0)];
+                terms.extend(own.iter().copied());
+                lp.ge(&terms, 0.0);
+            }
+            if g.out_edges(op).is_empty() {
+                lp.ge(&[(t, 1.0), (c[i], -1.0)], 0.0);
+            }
+        }
+        Self { lp, t, x }
+    }
+}
