@@ -80,6 +80,10 @@ enum Command {
         /// Also run the fusion test (fused vs. parts) on every fused kernel.
         #[arg(long)]
         fusion_test: bool,
+        /// Also write the signatures as JSON here (the format `--signatures` reads), e.g. to
+        /// profile a model's kernels on a board that cannot import ONNX.
+        #[arg(long)]
+        write_signatures: Option<PathBuf>,
     },
     /// Achieved GFLOP/s and GB/s per kernel class, and tract's matmul side by side.
     BenchKernels {
@@ -198,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             warmups,
             runs,
             fusion_test,
+            write_signatures,
         } => {
             // A board runs the kernels its backend's fusion rules make.
             let rules = match device.backend {
@@ -205,6 +210,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 BackendArg::Cpu => moirai_shared::device::Backend::Cpu,
             };
             let sigs = load_signatures(model.as_deref(), signatures.as_deref(), rules)?;
+            if let Some(p) = &write_signatures {
+                std::fs::write(p, serde_json::to_string_pretty(&sigs)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
             let ctx = open_device(&device)?;
             let backend = match &ctx {
                 Some(c) => Backend::Gpu(c),

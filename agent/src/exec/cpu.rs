@@ -169,7 +169,16 @@ pub fn onnx_model(
         if is_view(&op) {
             // Target shape: the output if this is the last node, else (before a Transpose)
             // the Transpose's input shape.
-            let target: Vec<usize> = if i == last {
+            let rest_keeps_shape = sig.nodes[i + 1..]
+                .iter()
+                .all(|n| is_view(&n.op_type) || crate::kernels::epilogue::is_unary(&n.op_type));
+            let target: Vec<usize> = if i == 0 && op == "Flatten" {
+                let d = &sig.inputs[wiring[0][0]].dims;
+                let a = attr_i(node, "axis", 1);
+                let a =
+                    if a < 0 { a + d.len() as i64 } else { a }.clamp(0, d.len() as i64) as usize;
+                vec![d[..a].iter().product(), d[a..].iter().product()]
+            } else if i == last || rest_keeps_shape {
                 out_dims.clone()
             } else if sig.nodes[..=i].iter().all(|n| is_view(&n.op_type))
                 && matches!(
@@ -222,6 +231,13 @@ pub fn onnx_model(
                             sig.outputs.iter().map(|t| t.dims[a] as i64).collect();
                         let name = format!("split{i}");
                         inits.push(i64_initializer(&name, &sizes));
+                        ins.push(name);
+                        continue;
+                    }
+                    if op == "Expand" && k == 1 && i == last {
+                        let name = format!("expand{i}");
+                        let d: Vec<i64> = out_dims.iter().map(|&d| d as i64).collect();
+                        inits.push(i64_initializer(&name, &d));
                         ins.push(name);
                         continue;
                     }
@@ -337,9 +353,18 @@ impl CpuKernel {
                 kernel: kernel.clone(),
                 what: format!("input {j} missing"),
             })?;
-            let t = match &h.data {
-                HostData::F32(v) => Tensor::from_shape(&h.dims, v),
-                HostData::I64(v) => Tensor::from_shape(&h.dims, v),
+            // Integers travel as i64 on the host; tract wants the signature's own type.
+            let t = match (&h.data, self.signature.inputs[j].dtype) {
+                (HostData::F32(v), _) => Tensor::from_shape(&h.dims, v),
+                (HostData::I64(v), DType::Bool) => {
+                    let b: Vec<bool> = v.iter().map(|&x| x != 0).collect();
+                    Tensor::from_shape(&h.dims, &b)
+                }
+                (HostData::I64(v), DType::I32) => {
+                    let b: Vec<i32> = v.iter().map(|&x| x as i32).collect();
+                    Tensor::from_shape(&h.dims, &b)
+                }
+                (HostData::I64(v), _) => Tensor::from_shape(&h.dims, v),
             }
             .map_err(tract_err)?;
             feed.push(t.into());

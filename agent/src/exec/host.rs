@@ -69,15 +69,21 @@ pub enum InputRole {
     /// Shape-like integer constants (Reshape shape, Squeeze axes, Split sizes): the kernels
     /// take shapes from the signature; the CPU executor derives them.
     ShapeConst,
+    /// Integer data (e.g. an attention mask before its Cast): small integers.
+    IntData,
+    /// A boolean tensor: 0 or 1.
+    Mask,
 }
 
 /// The role of each signature input.
 pub fn input_roles(sig: &KernelSignature) -> Vec<InputRole> {
     let mut roles = vec![InputRole::Data; sig.inputs.len()];
     for (j, t) in sig.inputs.iter().enumerate() {
-        if t.dtype != DType::F32 && t.dtype != DType::F16 {
-            roles[j] = InputRole::ShapeConst;
-        }
+        roles[j] = match t.dtype {
+            DType::F32 | DType::F16 => InputRole::Data,
+            DType::Bool => InputRole::Mask,
+            _ => InputRole::IntData,
+        };
     }
     let Ok(wiring) = wire(sig) else {
         return roles;
@@ -93,6 +99,20 @@ pub fn input_roles(sig: &KernelSignature) -> Vec<InputRole> {
             }
         };
         match node.op_type.as_str() {
+            // Operands that are shapes, axes or sizes.
+            "Reshape" | "Expand" | "Squeeze" | "Unsqueeze" | "Split" | "Tile" | "ReduceMean"
+            | "ReduceSum" => {
+                if let Some(j) = at(1) {
+                    roles[j] = InputRole::ShapeConst;
+                }
+            }
+            "Slice" => {
+                for k in 1..5 {
+                    if let Some(j) = at(k) {
+                        roles[j] = InputRole::ShapeConst;
+                    }
+                }
+            }
             "Gather" => {
                 if let (Some(d), Some(ix)) = (at(0), at(1)) {
                     let a = crate::kernels::axis(
@@ -155,6 +175,12 @@ pub fn sample_inputs(sig: &KernelSignature, seed: u64) -> Vec<HostTensor> {
                     (0..n).map(|_| rng.i64(0..d.max(1) as i64)).collect(),
                 ),
                 InputRole::ShapeConst => HostTensor::i64(&t.dims, vec![0; n]),
+                InputRole::IntData => {
+                    HostTensor::i64(&t.dims, (0..n).map(|_| rng.i64(-3..=3)).collect())
+                }
+                InputRole::Mask => {
+                    HostTensor::i64(&t.dims, (0..n).map(|_| rng.i64(0..=1)).collect())
+                }
             }
         })
         .collect()

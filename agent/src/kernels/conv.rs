@@ -11,7 +11,9 @@ use std::fmt::Write;
 use moirai_shared::kernel::{FusedNode, KernelSignature};
 
 use super::shader::{grid_1d, Shader};
-use super::{attr_i, attr_is, attr_s, epilogue, malformed, unsupported, KernelError, Plan};
+use super::{
+    attr_i, attr_is, attr_s, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan,
+};
 use crate::gpu::buffers::GpuDType;
 
 /// Spatial geometry of a 2-D window op (convolution or pooling).
@@ -126,7 +128,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         None
     };
     epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
-    let y = sh.output(0, GpuDType::F32);
+    let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let (grid, gid) = grid_1d(threads);
     let mut s = String::new();
     let _ = writeln!(

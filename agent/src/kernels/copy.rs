@@ -1,5 +1,5 @@
 //! Data movement: Reshape / Flatten / Squeeze / Unsqueeze / Identity are views (no dispatch);
-//! Transpose, Concat and Split are index-mapping copies, one thread per element written.
+//! Transpose, Concat, Split and Expand are index-mapping copies, one thread per element written.
 //!
 //! A chain may hold views around one moving op. The moving op's shape on the far side of a view
 //! is not in the signature (only boundary shapes are), so views may sit on one side of it only.
@@ -9,7 +9,7 @@ use std::fmt::Write;
 use moirai_shared::kernel::KernelSignature;
 
 use super::epilogue::{self, is_elementwise};
-use super::shader::{grid_1d, strides, Shader};
+use super::shader::{broadcast_index, grid_1d, strides, Shader};
 use super::{attr_i, attr_is, axis, gpu_dtype, malformed, unsupported, KernelError, Plan};
 
 fn is_view(op: &str) -> bool {
@@ -66,6 +66,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
                 "Transpose" => transpose(sig, wiring, i, views_before, first_in),
                 "Concat" if i == 0 => concat(sig, wiring),
                 "Split" if i == 0 => split(sig, first_in),
+                "Expand" if i == 0 && !views_after => expand(sig, first_in),
                 other => Err(unsupported(sig, format!("{other} in a copy chain"))),
             }
         }
@@ -143,6 +144,27 @@ fn transpose(
     } else {
         let _ = writeln!(body, "    {y}[idx] = epi(f32({x}[s]), idx);");
     }
+    Ok(Plan {
+        steps: vec![one_step(sh, &body, n)],
+        aliases: vec![None],
+        consts: Vec::new(),
+    })
+}
+
+/// Expand: numpy broadcasting of the input to the output shape (the shape operand is the
+/// output's, already in the signature).
+fn expand(sig: &KernelSignature, input: usize) -> Result<Plan, KernelError> {
+    let out = &sig.outputs[0].dims;
+    let n: usize = out.iter().product();
+    let mut sh = Shader::default();
+    let x = sh.input(input, gpu_dtype(sig.inputs[input].dtype));
+    let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
+    let ix = broadcast_index(out, &sig.inputs[input].dims, "idx");
+    let body = if gpu_dtype(sig.inputs[input].dtype) == gpu_dtype(sig.outputs[0].dtype) {
+        format!("    {y}[idx] = {x}[{ix}];\n")
+    } else {
+        return Err(malformed(sig, "Expand changes the element type"));
+    };
     Ok(Plan {
         steps: vec![one_step(sh, &body, n)],
         aliases: vec![None],

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::{FusedNode, KernelSignature};
+use moirai_shared::kernel::{DType, FusedNode, KernelSignature};
 
 use super::shader::{broadcast_index, grid_1d, lit, Shader};
 use super::{attr_f, gpu_dtype, malformed, unsupported, KernelError, Plan};
@@ -43,11 +43,68 @@ pub fn is_elementwise(op: &str) -> bool {
             | "Min"
             | "PRelu"
             | "BatchNormalization"
+            | "Floor"
+            | "Ceil"
+            | "Round"
+            | "Softplus"
+            | "Not"
+            | "IsNaN"
+            | "IsInf"
+            | "And"
+            | "Or"
+            | "Xor"
+            | "Equal"
+            | "Less"
+            | "Greater"
+            | "LessOrEqual"
+            | "GreaterOrEqual"
+            | "Where"
     )
 }
 
-/// Emits `fn epi(v0: f32, idx: u32) -> f32` applying `nodes` in order. `extras[i]` are the
+/// Element-wise ops of one operand: they keep the shape, so views around them see the
+/// output's shape.
+pub fn is_unary(op: &str) -> bool {
+    is_elementwise(op)
+        && !matches!(
+            op,
+            "Add"
+                | "Sub"
+                | "Mul"
+                | "Div"
+                | "Pow"
+                | "Max"
+                | "Min"
+                | "PRelu"
+                | "BatchNormalization"
+                | "Clip"
+                | "And"
+                | "Or"
+                | "Xor"
+                | "Equal"
+                | "Less"
+                | "Greater"
+                | "LessOrEqual"
+                | "GreaterOrEqual"
+                | "Where"
+                | "Reshape"
+                | "Flatten"
+                | "Squeeze"
+                | "Unsqueeze"
+        )
+}
+
+/// ONNX `TensorProto.DataType` codes of the floating-point types (a Cast to anything else
+/// truncates, and a Cast to BOOL (9) tests for non-zero).
+const FLOAT_TYPES: [i64; 4] = [1, 10, 11, 16];
+const BOOL_TYPE: i64 = 9;
+
+/// Emits `fn epi(v0: f32, idx: u32) -> T` applying `nodes` in order. `extras[i]` are the
 /// signature inputs node `i` reads besides `v`; `out` is the shape `idx` indexes.
+///
+/// Values travel as `f32` whatever their ONNX type (booleans as 0.0 / 1.0, integers exactly up
+/// to 2^24: masks and small indices); `T` is the element type of the kernel's first output,
+/// so `epi` converts on the way out (`i32` for integers and booleans).
 pub fn emit(
     sig: &KernelSignature,
     nodes: &[FusedNode],
@@ -90,9 +147,43 @@ pub fn emit(
             "Abs" => "v = abs(v);".into(),
             "Reciprocal" => "v = 1.0 / v;".into(),
             // Views keep the flat index: nothing to do per element.
-            "Identity" | "Dropout" | "Cast" | "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => {
+            "Identity" | "Dropout" | "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => {
                 String::new()
             }
+            "Cast" => match super::attr_i(node, "to", 1) {
+                t if FLOAT_TYPES.contains(&t) => String::new(),
+                BOOL_TYPE => "v = select(0.0, 1.0, v != 0.0);".into(),
+                _ => "v = trunc(v);".into(),
+            },
+            "Floor" => "v = floor(v);".into(),
+            "Ceil" => "v = ceil(v);".into(),
+            // ONNX and WGSL both round halves to even.
+            "Round" => "v = round(v);".into(),
+            "Softplus" => "v = log(1.0 + exp(v));".into(),
+            "Not" => "v = select(1.0, 0.0, v != 0.0);".into(),
+            // On the bits: fast-math compilers may fold `v != v` away.
+            "IsNaN" => "v = select(0.0, 1.0, (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u);".into(),
+            "IsInf" => {
+                let neg = super::attr_i(node, "detect_negative", 1) != 0;
+                let pos = super::attr_i(node, "detect_positive", 1) != 0;
+                format!(
+                    "v = select(0.0, 1.0, (bitcast<u32>(v) & 0x7fffffffu) == 0x7f800000u && (({neg} && v < 0.0) || ({pos} && v > 0.0)));"
+                )
+            }
+            "And" => format!("v = select(0.0, 1.0, v != 0.0 && {} != 0.0);", operand(0, sh)?),
+            "Or" => format!("v = select(0.0, 1.0, v != 0.0 || {} != 0.0);", operand(0, sh)?),
+            "Xor" => format!("v = select(0.0, 1.0, (v != 0.0) != ({} != 0.0));", operand(0, sh)?),
+            "Equal" => format!("v = select(0.0, 1.0, v == {});", operand(0, sh)?),
+            "Less" => format!("v = select(0.0, 1.0, v < {});", operand(0, sh)?),
+            "Greater" => format!("v = select(0.0, 1.0, v > {});", operand(0, sh)?),
+            "LessOrEqual" => format!("v = select(0.0, 1.0, v <= {});", operand(0, sh)?),
+            "GreaterOrEqual" => format!("v = select(0.0, 1.0, v >= {});", operand(0, sh)?),
+            // The chain brings the condition; X and Y are the node's other operands.
+            "Where" => format!(
+                "v = select({}, {}, v != 0.0);",
+                operand(1, sh)?,
+                operand(0, sh)?
+            ),
             "Clip" => {
                 let lo = if ex.is_empty() {
                     lit(attr_f(node, "min", f32::NEG_INFINITY))
@@ -146,9 +237,14 @@ pub fn emit(
         };
         let _ = writeln!(body, "    {stmt}");
     }
+    let (ty, ret) = match sig.outputs.first().map(|t| t.dtype) {
+        None | Some(DType::F32 | DType::F16) => ("f32", "v"),
+        Some(DType::Bool) => ("i32", "i32(v != 0.0)"),
+        Some(_) => ("i32", "i32(v)"),
+    };
     let _ = write!(
         sh.functions,
-        "fn epi(v0: f32, idx: u32) -> f32 {{\n    var v = v0;\n{body}    return v;\n}}\n"
+        "fn epi(v0: f32, idx: u32) -> {ty} {{\n    var v = v0;\n{body}    return {ret};\n}}\n"
     );
     Ok(())
 }
@@ -167,7 +263,12 @@ pub fn plan_eltwise(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan
     emit(sig, &sig.nodes, &extras, out, &mut sh)?;
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let (groups, gid) = grid_1d(n);
-    let ix = broadcast_index(out, &sig.inputs[first].dims, "idx");
+    // Same element count: the chain only reshapes it (views), so the flat index carries over.
+    let ix = if sig.inputs[first].elements() == n {
+        "idx".to_string()
+    } else {
+        broadcast_index(out, &sig.inputs[first].dims, "idx")
+    };
     let main = format!(
         "@compute @workgroup_size(64)\nfn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{\n    let idx = {gid};\n    if (idx >= {n}u) {{ return; }}\n    {y}[idx] = epi(f32({x}[{ix}]), idx);\n}}\n"
     );

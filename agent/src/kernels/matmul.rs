@@ -261,7 +261,7 @@ pub fn plan(
         format!("{} * ", lit(alpha))
     };
     epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
-    let y = sh.output(0, GpuDType::F32);
+    let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
 
     let mut src = String::new();
     let (tm, tn, wx, wy) = (t.tm, t.tn, t.wx, t.wy);
@@ -481,7 +481,7 @@ fn plan_uniform_a(
             format!("{} * ", lit(alpha))
         };
         epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
-        let y = sh.output(0, GpuDType::F32);
+        let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
         let mut src = String::new();
         let _ = writeln!(
             src,

@@ -337,7 +337,8 @@ fn arity(op: &str, n_in: usize) -> (usize, usize) {
         "Concat" | "Sum" | "Max" | "Min" | "Mean" => (1, n_in),
         "Split" | "Squeeze" | "Unsqueeze" | "ReduceMean" | "ReduceSum" => (1, 2),
         "Reshape" | "Gather" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "PRelu"
-        | "Equal" | "Expand" => (2, 2),
+        | "Equal" | "Expand" | "And" | "Or" | "Xor" | "Less" | "Greater" | "LessOrEqual"
+        | "GreaterOrEqual" | "Mod" => (2, 2),
         "Where" => (3, 3),
         "Slice" => (3, 5),
         _ => (1, 1),

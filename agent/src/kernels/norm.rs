@@ -6,7 +6,7 @@ use std::fmt::Write;
 use moirai_shared::kernel::KernelSignature;
 
 use super::shader::Shader;
-use super::{attr_f, attr_i, axis, epilogue, malformed, unsupported, KernelError, Plan};
+use super::{attr_f, attr_i, axis, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan};
 use crate::gpu::buffers::GpuDType;
 
 const THREADS: usize = 64;
@@ -61,7 +61,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         )
     };
     epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
-    let y = sh.output(0, GpuDType::F32);
+    let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let gx = rows.clamp(1, 65535);
     let gy = rows.div_ceil(gx);
     let mut s = String::new();

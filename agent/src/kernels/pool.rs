@@ -6,7 +6,7 @@ use moirai_shared::kernel::KernelSignature;
 
 use super::conv::Window;
 use super::shader::{grid_1d, Shader};
-use super::{attr_i, epilogue, malformed, unsupported, KernelError, Plan};
+use super::{attr_i, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan};
 use crate::gpu::buffers::GpuDType;
 
 pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, KernelError> {
@@ -50,7 +50,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     let mut sh = Shader::default();
     let xn = sh.input(i0, GpuDType::F32);
     epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
-    let y = sh.output(0, GpuDType::F32);
+    let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let (grid, gid) = grid_1d(n_out);
     let init = if reduce == "max" {
         "-3.4028235e38"

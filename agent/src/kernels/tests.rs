@@ -3,8 +3,9 @@
 
 use moirai_shared::kernel::{AttrValue as A, DType, KernelClass as C, TensorShape};
 
-use super::testutil::{check, f32s, node, sig};
+use super::testutil::{check, check_with, f32s, node, sig, typed};
 use super::wire;
+use crate::exec::host::{sample_inputs, HostData, HostTensor};
 
 #[test]
 fn wiring_gives_optional_inputs_to_the_first_node() {
@@ -421,4 +422,132 @@ fn head_transpose_with_scale_and_flattened_global_pool() {
         f32s(&[&[2, 3, 5, 5]]),
         f32s(&[&[2, 3]]),
     ));
+}
+
+/// The attention-mask kernels of BERT: integer and boolean tensors through Cast, Gather, And,
+/// Expand and Where, each against tract.
+#[test]
+fn mask_kernels_with_bool_and_integer_tensors_match_tract() {
+    let b = DType::Bool;
+    let cast_to = |t: i64| node("Cast", &[("to", A::Int(t))]);
+    // int64 mask -> bool, and float -> int64 (truncation toward zero).
+    check(&sig(
+        C::Eltwise,
+        vec![cast_to(9)],
+        typed(DType::I64, &[&[1, 37]]),
+        typed(b, &[&[1, 37]]),
+    ));
+    check(&sig(
+        C::Eltwise,
+        vec![node("Mul", &[]), cast_to(7)],
+        f32s(&[&[3, 11], &[1]]),
+        typed(DType::I64, &[&[3, 11]]),
+    ));
+    // bool -> bool through two views, as BERT reshapes its mask.
+    let mut views = sig(
+        C::Eltwise,
+        vec![node("Reshape", &[]), node("Reshape", &[]), cast_to(9)],
+        typed(b, &[&[1, 1, 1, 19, 1]]),
+        typed(b, &[&[1, 1, 1, 19]]),
+    );
+    views.inputs.extend(typed(DType::I64, &[&[1], &[4]]));
+    check(&views);
+    // Flatten in front of a Gather of booleans.
+    let mut gather = sig(
+        C::Gather,
+        vec![
+            node("Flatten", &[("axis", A::Int(2))]),
+            node("Gather", &[("axis", A::Int(0))]),
+        ],
+        typed(b, &[&[1, 23]]),
+        typed(b, &[&[1, 1, 1, 23, 1]]),
+    );
+    gather.inputs.extend(typed(DType::I64, &[&[1, 1, 1, 23]]));
+    check(&gather);
+    // And with broadcasting on both sides.
+    check(&sig(
+        C::Eltwise,
+        vec![node("And", &[])],
+        typed(b, &[&[1, 1, 13, 1], &[1, 1, 1, 13]]),
+        typed(b, &[&[1, 1, 13, 13]]),
+    ));
+    // Expand (the shape operand is the output's).
+    let mut expand = sig(
+        C::Copy,
+        vec![node("Expand", &[])],
+        typed(b, &[&[1, 1, 1, 9]]),
+        typed(b, &[&[2, 1, 7, 9]]),
+    );
+    expand.inputs.extend(typed(DType::I64, &[&[4]]));
+    check(&expand);
+    // Where(mask, 0, -inf-ish).
+    let mut wh = sig(
+        C::Eltwise,
+        vec![node("Where", &[])],
+        typed(b, &[&[1, 1, 9, 9]]),
+        f32s(&[&[1, 1, 9, 9]]),
+    );
+    wh.inputs.extend(f32s(&[&[1], &[1]]));
+    check(&wh);
+}
+
+/// `Where(IsNaN(x), 0, x)`: NaNs are found on the bits, so a fast-math compiler cannot fold
+/// the test away.
+#[test]
+fn isnan_where_replaces_nans() {
+    let s = sig(
+        C::Eltwise,
+        vec![node("IsNaN", &[]), node("Where", &[])],
+        f32s(&[&[2, 3, 5, 7], &[1], &[2, 3, 5, 7]]),
+        f32s(&[&[2, 3, 5, 7]]),
+    );
+    let mut inputs = sample_inputs(&s, 3);
+    let HostData::F32(x) = &mut inputs[0].data else {
+        panic!("f32 input expected")
+    };
+    for v in x.iter_mut().step_by(3) {
+        *v = f32::NAN;
+    }
+    inputs[2] = HostTensor::f32(&[2, 3, 5, 7], (0..210).map(|i| i as f32).collect());
+    check_with(&s, inputs);
+}
+
+/// Every distinct fused kernel of every model in `../shared/models/` compiles for the GPU (the
+/// profiler and the executor would otherwise fall back to the CPU for it).
+#[test]
+fn every_fused_kernel_of_the_shared_models_builds() {
+    use moirai_orchestrator::coarsen::coarsen_file;
+    use moirai_orchestrator::import::onnx::ImportOptions;
+    use moirai_shared::device::Backend;
+
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models"));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        eprintln!(
+            "skipped: {} is absent (material beside the repo)",
+            dir.display()
+        );
+        return;
+    };
+    let Some(ctx) = super::testutil::gpu() else {
+        return;
+    };
+    let mut models: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    models.sort();
+    let mut failures = Vec::new();
+    let mut built = 0;
+    for m in &models {
+        let (_, coarse) = coarsen_file(m, Backend::Wgpu, &ImportOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", m.display()));
+        for (s, _) in coarse.distinct_signatures() {
+            match super::GpuKernel::build(ctx, s) {
+                Ok(_) => built += 1,
+                Err(e) => failures.push(format!("{}: {e}", m.display())),
+            }
+        }
+    }
+    eprintln!("{built} kernels of {} models built", models.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

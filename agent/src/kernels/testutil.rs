@@ -9,8 +9,8 @@ use moirai_shared::kernel::{
 };
 
 use crate::exec::cpu::CpuKernel;
-use crate::exec::host::{sample_inputs, HostData};
-use crate::gpu::buffers::{readback_f32, BufferPool};
+use crate::exec::host::{sample_inputs, HostData, HostTensor};
+use crate::gpu::buffers::{readback_f32, readback_words, BufferPool};
 use crate::gpu::context::{AdapterChoice, GpuContext};
 use crate::kernels::GpuKernel;
 
@@ -84,11 +84,15 @@ pub fn sig(
 /// Runs the signature on the GPU and with tract on the same sample inputs and compares every
 /// output element. Returns the largest absolute difference.
 pub fn check(sig: &KernelSignature) -> f32 {
+    check_with(sig, sample_inputs(sig, 7))
+}
+
+/// [`check`] on given inputs.
+pub fn check_with(sig: &KernelSignature, inputs: Vec<HostTensor>) -> f32 {
     let Some(ctx) = gpu() else {
         return 0.0;
     };
     let pool = BufferPool::default();
-    let inputs = sample_inputs(sig, 7);
     let kernel = GpuKernel::build(ctx, sig).unwrap_or_else(|e| panic!("build: {e}"));
     let dev: Vec<_> = inputs
         .iter()
@@ -100,7 +104,15 @@ pub fn check(sig: &KernelSignature) -> f32 {
     assert_eq!(outs.len(), want.len(), "output count");
     let mut worst = 0.0f32;
     for (o, (g, w)) in outs.iter().zip(&want).enumerate() {
-        let got = readback_f32(ctx, g).expect("readback");
+        // Integer and boolean outputs are i32 on the device.
+        let got: Vec<f32> = match sig.outputs[o].dtype {
+            DType::F32 | DType::F16 => readback_f32(ctx, g).expect("readback"),
+            _ => readback_words(ctx, g)
+                .expect("readback")
+                .into_iter()
+                .map(|w| w as i32 as f32)
+                .collect(),
+        };
         let HostData::F32(w) = &w.data else {
             panic!("tract output is not f32")
         };
@@ -117,4 +129,14 @@ pub fn check(sig: &KernelSignature) -> f32 {
         }
     }
     worst
+}
+
+/// Tensor shapes of one element type.
+pub fn typed(dtype: DType, dims: &[&[usize]]) -> Vec<TensorShape> {
+    dims.iter()
+        .map(|d| TensorShape {
+            dims: d.to_vec(),
+            dtype,
+        })
+        .collect()
 }
