@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use moirai_shared::wire::data::ServingStats;
 use moirai_shared::wire::life::{Birth, Death, FleetSnapshot, Heartbeat, OrchState};
 use moirai_shared::wire::profile::ProfileReport;
 use moirai_shared::wire::topic::Topics;
@@ -119,35 +120,81 @@ pub async fn fetch_snapshot(
     topics: &Topics,
     wait: Duration,
 ) -> Result<Option<FleetSnapshot>, FetchError> {
+    Ok(fetch_view(addr, topics, wait, false).await?.snapshot)
+}
+
+/// What `moirai fleet` shows: the registry and, where an inference session runs, its
+/// serving figures. Either may be missing.
+#[derive(Clone, Debug, Default)]
+pub struct FleetView {
+    pub snapshot: Option<FleetSnapshot>,
+    pub serving: Option<ServingStats>,
+}
+
+/// Once one retained message arrived, the other gets this long (retained messages arrive
+/// together right after the subscription; a missing one should not cost the whole wait).
+const SECOND_MESSAGE_GRACE: Duration = Duration::from_millis(300);
+
+/// Connects as a short-lived observer and collects the retained fleet snapshot and (with
+/// `serving`) the serving figures, waiting up to `wait` in all.
+pub async fn fetch_view(
+    addr: &BrokerAddr,
+    topics: &Topics,
+    wait: Duration,
+    serving: bool,
+) -> Result<FleetView, FetchError> {
     let id = format!("moirai-fleet-{}", std::process::id());
     let mut o = MqttOptions::new(id, addr.host.clone(), addr.port);
     o.set_keep_alive(Duration::from_secs(5));
     o.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
     let (client, mut el) = AsyncClient::new(o, 16);
-    let topic = topics.orch_fleet();
-    let result = tokio::time::timeout(wait, async {
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+    let (fleet_topic, serving_topic) = (topics.orch_fleet(), topics.orch_serving());
+    let mut view = FleetView::default();
+    let complete = |v: &FleetView| v.snapshot.is_some() && (!serving || v.serving.is_some());
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut until = deadline;
+    loop {
+        let ev = match tokio::time::timeout_at(until, el.poll()).await {
+            Ok(ev) => ev,
+            Err(_) => break,
+        };
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                let mut subs = vec![fleet_topic.clone()];
+                if serving {
+                    subs.push(serving_topic.clone());
+                }
+                for t in subs {
                     client
-                        .subscribe(topic.clone(), QoS::AtLeastOnce)
+                        .subscribe(t, QoS::AtLeastOnce)
                         .await
                         .map_err(|e| FetchError::Mqtt(e.to_string()))?;
                 }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic == topic => {
-                    return decode::<FleetSnapshot>(&p.payload).map_err(FetchError::Wire);
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                if p.topic == fleet_topic {
+                    view.snapshot =
+                        Some(decode::<FleetSnapshot>(&p.payload).map_err(FetchError::Wire)?);
+                } else if p.topic == serving_topic {
+                    view.serving =
+                        Some(decode::<ServingStats>(&p.payload).map_err(FetchError::Wire)?);
+                } else {
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => return Err(FetchError::Mqtt(e.to_string())),
+                if complete(&view) {
+                    break;
+                }
+                until = deadline.min(tokio::time::Instant::now() + SECOND_MESSAGE_GRACE);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = client.try_disconnect();
+                return Err(FetchError::Mqtt(e.to_string()));
             }
         }
-    })
-    .await;
-    let _ = client.try_disconnect();
-    match result {
-        Ok(r) => r.map(Some),
-        Err(_) => Ok(None),
     }
+    let _ = client.try_disconnect();
+    Ok(view)
 }
 
 /// Why `moirai fleet` could not read the registry.

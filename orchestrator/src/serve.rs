@@ -751,8 +751,9 @@ pub struct FleetViewArgs {
     pub wait_ms: u64,
 }
 
-/// `moirai fleet`: prints the orchestrator's registry as a table. `Ok(false)`: no
-/// orchestrator has published one on that broker and prefix.
+/// `moirai fleet`: prints the orchestrator's registry as a table and, where an inference
+/// session serves, its measured latency next to the plan's prediction. `Ok(false)`: no
+/// orchestrator has published either on that broker and prefix.
 pub fn show_fleet(args: FleetViewArgs) -> Result<bool, ServeError> {
     let addr = BrokerAddr::parse(&args.broker)?;
     let topics = Topics::new(&args.prefix)?;
@@ -760,24 +761,26 @@ pub fn show_fleet(args: FleetViewArgs) -> Result<bool, ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    let snap = rt
-        .block_on(bus::fetch_snapshot(
+    let v = rt
+        .block_on(bus::fetch_view(
             &addr,
             &topics,
             Duration::from_millis(args.wait_ms),
+            true,
         ))
         .map_err(ServeError::Fetch)?;
-    match snap {
-        Some(s) => {
-            print!("{}", view::table(&s, now_ms()));
-            Ok(true)
-        }
-        None => {
-            println!(
-                "no fleet registry on {addr} under `{}` (is `moirai serve` running?)",
-                args.prefix
-            );
-            Ok(false)
-        }
+    if let Some(s) = &v.snapshot {
+        print!("{}", view::table(s, now_ms()));
     }
+    if let Some(s) = &v.serving {
+        print!("{}", view::serving(s, now_ms()));
+    }
+    if v.snapshot.is_none() && v.serving.is_none() {
+        println!(
+            "no fleet registry on {addr} under `{}` (is `moirai serve` running?)",
+            args.prefix
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }

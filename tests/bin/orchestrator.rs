@@ -1,6 +1,7 @@
-//! `moirai-test-orchestrator serve ...`: the orchestrator's `serve` entry point as a binary
-//! of this package, so the integration tests can start it by `CARGO_BIN_EXE_` path; it runs
-//! the same library function as `moirai serve`.
+//! `moirai-test-orchestrator serve ...` and `... fleet ...`: the orchestrator's `serve` and
+//! `fleet` entry points as a binary of this package, so the integration tests can start them
+//! by `CARGO_BIN_EXE_` path; they run the same library functions as `moirai serve` and
+//! `moirai fleet`.
 
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use clap::Parser;
 #[derive(Parser)]
 enum Cli {
     Serve(moirai_orchestrator::serve::ServeArgs),
+    Fleet(moirai_orchestrator::serve::FleetViewArgs),
 }
 
 fn main() -> ExitCode {
@@ -20,7 +22,19 @@ fn main() -> ExitCode {
             }),
         )
         .init();
-    let Cli::Serve(args) = Cli::parse();
+    let args = match Cli::parse() {
+        Cli::Serve(args) => args,
+        Cli::Fleet(args) => {
+            return match moirai_orchestrator::serve::show_fleet(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(2),
+                Err(e) => {
+                    eprintln!("moirai-test-orchestrator: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     match moirai_orchestrator::serve::run_blocking(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

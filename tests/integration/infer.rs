@@ -490,6 +490,33 @@ async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics()
         text.contains("moirai_request_latency_ms{quantile=\"0.5\"}"),
         "{text}"
     );
+    // `moirai fleet` shows the same: measured latency next to the prediction.
+    let broker = format!("mqtt://{}:{}", fleet.addr.host, fleet.addr.port);
+    let shown = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_moirai-test-orchestrator"))
+                .args(["fleet", "--broker", &broker, "--wait-ms", "2000"])
+                .output()
+                .expect("moirai fleet runs");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.contains("1 requests answered") || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(shown.contains("1 requests answered, 0 failed"), "{shown}");
+    assert!(shown.contains("latency: measured p50 "), "{shown}");
+    let predicted: f64 = shown
+        .split("predicted ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no predicted figure in {shown}"));
+    assert!(predicted > 0.0, "{shown}");
     server.abort();
     fleet.shutdown().await;
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use moirai_shared::wire::data::ServingStats;
 use moirai_shared::wire::life::{FleetRow, FleetSnapshot};
 use moirai_shared::wire::truncated;
 
@@ -48,6 +49,23 @@ pub fn snapshot(
         agents,
         dropped: fleet.drops.undecodable,
     }
+}
+
+/// The serving figures under the table: requests, measured latency next to the prediction.
+pub fn serving(s: &ServingStats, now_ms: u64) -> String {
+    let [p50, p90, p99] = s.latency_ms;
+    let age = now_ms.saturating_sub(s.taken_at_ms) as f64 / 1e3;
+    let mut out = format!(
+        "serving: epoch {}, {} agents; {} requests answered, {} failed, {} re-run (as of {age:.1} s ago)\n",
+        s.epoch, s.agents, s.completed, s.failed, s.reruns
+    );
+    if s.completed > 0 {
+        out.push_str(&format!(
+            "latency: measured p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms; predicted {:.2} ms; measured/predicted p50 {:.2}\n",
+            s.predicted_ms, s.ratio_p50
+        ));
+    }
+    out
 }
 
 fn rate(bps: u64) -> String {

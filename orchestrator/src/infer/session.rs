@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moirai_shared::wire::data::{activation_chunks, weight_chunks, ActivationChunk, ExecStatus};
+use moirai_shared::wire::data::{
+    activation_chunks, weight_chunks, ActivationChunk, ExecStatus, ServingStats,
+};
 use moirai_shared::wire::life::{Birth, Death};
 use moirai_shared::wire::topic::{InferKind, InferTopic, Topics};
 use moirai_shared::wire::{decode, encode, BrokerAddr, WireMessage};
@@ -23,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::model::{plan_epoch, EpochPlan, InferModel, Placement};
 use super::requests::{ChunkOutcome, Requests, Tensor};
+use super::run::percentile;
 use super::submodel;
 use super::InferError;
 use crate::broker::MAX_PAYLOAD;
@@ -73,6 +76,37 @@ pub struct Metrics {
     pub epoch: u64,
     pub agents: usize,
 }
+
+impl Metrics {
+    /// The figures `moirai fleet` shows: latency quantiles over the kept samples next to the
+    /// prediction of the plan that answered last.
+    pub fn stats(&self, taken_at_ms: u64) -> ServingStats {
+        let mut measured: Vec<f64> = self.samples.iter().map(|s| s.0).collect();
+        measured.sort_by(f64::total_cmp);
+        let mut ratio: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.1 > 0.0)
+            .map(|s| s.0 / s.1)
+            .collect();
+        ratio.sort_by(f64::total_cmp);
+        let q = |v: &[f64], p: f64| if v.is_empty() { 0.0 } else { percentile(v, p) };
+        ServingStats {
+            taken_at_ms,
+            epoch: self.epoch,
+            agents: u32::try_from(self.agents).unwrap_or(u32::MAX),
+            completed: self.completed,
+            failed: self.failed,
+            reruns: self.reruns,
+            latency_ms: [q(&measured, 50.0), q(&measured, 90.0), q(&measured, 99.0)],
+            predicted_ms: self.samples.last().map_or(0.0, |s| s.1),
+            ratio_p50: q(&ratio, 50.0),
+        }
+    }
+}
+
+/// [`ServingStats`] are republished at most this often.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// What happened, for whoever prints progress.
 #[derive(Clone, Debug)]
@@ -179,6 +213,9 @@ async fn run(
     let mut planning = false;
     let mut refusal: Option<(String, String)> = None;
     let (plan_tx, mut plan_rx) = mpsc::unbounded_channel::<Result<EpochPlan, InferError>>();
+    // Serving figures changed since they were last published, and when that was.
+    let mut stats_dirty = false;
+    let mut stats_at: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
@@ -226,6 +263,7 @@ async fn run(
                                     let predicted_ms = epochs.get(&done.epoch).map_or(0.0, |e| e.plan.predicted_ms);
                                     {
                                         let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+                                        stats_dirty = true;
                                         m.completed += 1;
                                         m.reruns += u64::from(done.reruns);
                                         m.samples.push((done.run_latency.as_secs_f64() * 1e3, predicted_ms));
@@ -297,6 +335,7 @@ async fn run(
                                             refusal = None;
                                             let _ = events.send(InferEvent::Ready { epoch });
                                             metrics.lock().unwrap_or_else(|e| e.into_inner()).epoch = epoch;
+                                            stats_dirty = true;
                                             for id in requests.waiting() {
                                                 dispatch(&client, &topics, &mut requests, &epochs, id, epoch, t0.elapsed());
                                             }
@@ -335,6 +374,7 @@ async fn run(
                                         warn!(agent = %name, epoch, request, %reason, "request failed on an agent");
                                         if requests.fail(request) {
                                             metrics.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
+                                            stats_dirty = true;
                                             if let Some(r) = replies.remove(&request) {
                                                 let _ = r.send(Err(InferError::AgentFailed { agent: name, reason }));
                                             }
@@ -385,6 +425,19 @@ async fn run(
                 }
             }
             _ = tick.tick() => {
+                if stats_dirty && stats_at.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+                    let stats = metrics.lock().unwrap_or_else(|e| e.into_inner()).stats(crate::serve::now_ms());
+                    match encode(&stats) {
+                        Ok(bytes) => {
+                            if let Err(e) = client.try_publish(topics.orch_serving(), QoS::AtLeastOnce, true, bytes) {
+                                warn!(error = %e, "serving stats dropped");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "serving stats not encodable"),
+                    }
+                    stats_dirty = false;
+                    stats_at = Some(Instant::now());
+                }
                 // `min_agents` only holds the first plan back; later ones use whoever is left.
                 let enough = agents.len() >= if next_epoch == 0 { opts.min_agents.max(1) } else { 1 };
                 if !planning && enough && replan_at.is_some_and(|t| Instant::now() >= t) {
@@ -412,6 +465,7 @@ async fn run(
                 for id in requests.older_than(cutoff) {
                     requests.fail(id);
                     metrics.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
+                    stats_dirty = true;
                     if let Some(r) = replies.remove(&id) {
                         let _ = r.send(Err(InferError::Timeout(opts.request_timeout)));
                     }

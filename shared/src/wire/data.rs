@@ -11,6 +11,8 @@
 //!   memory, an unsupported op, a bad hash), weights wanted, or a request failed.
 //! - [`ActivationChunk`] (agent to agent, orchestrator to agent, agent to orchestrator): a
 //!   piece of an f32 tensor, keyed by request id and plan epoch.
+//! - [`ServingStats`] (orchestrator, retained): measured latency next to the plan's
+//!   prediction, for `moirai fleet`.
 //!
 //! Topics are in [`super::topic::Topics::infer`]; all of these travel with QoS 1, so a
 //! receiver must accept a chunk twice.
@@ -121,6 +123,33 @@ pub enum ExecStatus {
 impl WireMessage for ExecStatus {
     const KIND: MessageKind = MessageKind::ExecStatus;
     const MAX_SIZE: usize = 8192;
+}
+
+/// How serving goes: the orchestrator publishes it retained (after requests complete, at most
+/// every second) so `moirai fleet` shows measured latency next to the plan's prediction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServingStats {
+    /// Wall clock of the orchestrator when taken (Unix ms).
+    pub taken_at_ms: u64,
+    /// Plan epoch answering new requests.
+    pub epoch: u64,
+    /// Agents with a share in it.
+    pub agents: u32,
+    pub completed: u64,
+    pub failed: u64,
+    /// Requests run again because an agent of their epoch died.
+    pub reruns: u64,
+    /// Measured end-to-end latency quantiles (p50, p90, p99) over the recent requests, ms.
+    pub latency_ms: [f64; 3],
+    /// The predicted makespan of the plan that answered the last request, ms.
+    pub predicted_ms: f64,
+    /// Median of measured over predicted, per request.
+    pub ratio_p50: f64,
+}
+
+impl WireMessage for ServingStats {
+    const KIND: MessageKind = MessageKind::ServingStats;
+    const MAX_SIZE: usize = 256;
 }
 
 /// A piece of an f32 tensor of one request, little-endian.
@@ -369,6 +398,21 @@ mod tests {
             weight_bytes: 4096,
             activation_bytes: 1792,
             predicted_ms: 1.5,
+        });
+    }
+
+    #[test]
+    fn serving_stats_round_trip() {
+        round_trip(&ServingStats {
+            taken_at_ms: u64::MAX,
+            epoch: u64::MAX,
+            agents: u32::MAX,
+            completed: u64::MAX,
+            failed: u64::MAX,
+            reruns: u64::MAX,
+            latency_ms: [f64::MAX; 3],
+            predicted_ms: f64::MAX,
+            ratio_p50: f64::MAX,
         });
     }
 

@@ -13,7 +13,7 @@
 //!   receives and sends, and the plan epoch.
 //! - [`rollout`]: a new agent binary offered in chunks, tried, kept or rolled back.
 //! - [`data`]: distributed inference: [`data::SubgraphSpec`], [`data::WeightChunk`],
-//!   [`data::ExecStatus`], [`data::ActivationChunk`].
+//!   [`data::ExecStatus`], [`data::ActivationChunk`], [`data::ServingStats`].
 //! - [`codec`]: the frame every payload is sent in: one version byte, then postcard; decoding
 //!   checks the size limit first and never panics.
 //!
@@ -63,6 +63,7 @@ pub enum MessageKind {
     WeightChunk,
     ExecStatus,
     ActivationChunk,
+    ServingStats,
 }
 
 impl std::fmt::Display for MessageKind {

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `<p>/orchestrator/state` (retained) | orchestrator, and its Last Will | `OrchState` |
 //! | `<p>/orchestrator/fleet` (retained) | orchestrator | `FleetSnapshot` |
+//! | `<p>/orchestrator/serving` (retained) | orchestrator's inference session | `ServingStats` |
 //! | `<p>/agent/<name>/birth` | agent | `Birth` |
 //! | `<p>/agent/<name>/death` | agent's Last Will | `Death` |
 //! | `<p>/agent/<name>/heartbeat` | agent | `Heartbeat` |
@@ -92,6 +93,7 @@ impl TopicKind {
 pub enum Topic {
     OrchState,
     OrchFleet,
+    OrchServing,
     Agent { name: AgentName, kind: TopicKind },
 }
 
@@ -144,6 +146,11 @@ impl Topics {
         format!("{}/orchestrator/fleet", self.prefix)
     }
 
+    /// Retained [`super::data::ServingStats`] of the inference session.
+    pub fn orch_serving(&self) -> String {
+        format!("{}/orchestrator/serving", self.prefix)
+    }
+
     pub fn agent(&self, name: &str, kind: TopicKind) -> String {
         format!("{}/agent/{name}/{}", self.prefix, kind.suffix())
     }
@@ -166,6 +173,7 @@ impl Topics {
         match rest {
             "orchestrator/state" => return Ok(Topic::OrchState),
             "orchestrator/fleet" => return Ok(Topic::OrchFleet),
+            "orchestrator/serving" => return Ok(Topic::OrchServing),
             _ => {}
         }
         let rest = rest
@@ -299,6 +307,7 @@ mod tests {
         }
         assert_eq!(t.parse(&t.orch_state()).unwrap(), Topic::OrchState);
         assert_eq!(t.parse(&t.orch_fleet()).unwrap(), Topic::OrchFleet);
+        assert_eq!(t.parse(&t.orch_serving()).unwrap(), Topic::OrchServing);
     }
 
     #[test]
