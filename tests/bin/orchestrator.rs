@@ -9,7 +9,7 @@ use clap::Parser;
 
 #[derive(Parser)]
 enum Cli {
-    Serve(moirai_orchestrator::serve::ServeArgs),
+    Serve(Box<moirai_orchestrator::serve::ServeArgs>),
     Fleet(moirai_orchestrator::serve::FleetViewArgs),
 }
 
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match moirai_orchestrator::serve::run_blocking(args) {
+    match moirai_orchestrator::serve::run_blocking(*args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("moirai-test-orchestrator: {e}");
