@@ -102,6 +102,10 @@ enum Command {
         /// Only the kernels whose label contains this text.
         #[arg(long)]
         only: Option<String>,
+        /// Also measure where a matmul's time goes: the adapter's FMA-only ceiling and its
+        /// storage-load rate (see `profile/probe.rs`).
+        #[arg(long)]
+        probe: bool,
     },
     /// List the adapters wgpu sees, best first.
     Adapters,
@@ -293,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runs,
             tract_threads,
             only,
+            probe,
         } => {
             let ctx = open_device(&device)?;
             bench::run(
@@ -303,6 +308,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tract_threads,
                 only.as_deref(),
             )?;
+            match (&ctx, probe) {
+                (Some(c), true) => moirai_agent::profile::probe::report(c, n, runs)?,
+                (None, true) => println!("--probe: no adapter to probe"),
+                _ => {}
+            }
             Ok(())
         }
     }

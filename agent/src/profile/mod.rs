@@ -11,6 +11,7 @@
 //! `T_AB < T_A + T_B`.
 
 pub mod bench;
+pub mod probe;
 pub mod store;
 
 use std::time::Instant;
