@@ -189,6 +189,7 @@ fn matmul_signature(m: usize, k: usize, n: usize) -> KernelSignature {
         outputs: vec![f32s(&[m, n])],
         flops: (2 * m * k * n) as u64,
         bytes: (4 * (m * k + k * n + m * n)) as u64,
+        dag: None,
     }
 }
 

@@ -5,6 +5,11 @@
 //! attributes) plus the shapes and dtypes at its boundary. Two fused ops with equal
 //! signatures cost the same on a given board, so a board class needs profiling once per
 //! distinct signature.
+//!
+//! How the nodes connect is implicit for chains (the wgpu fusion rules only make chains: each
+//! node after the first reads the previous one's output plus the next boundary inputs) and
+//! explicit, in [`KernelSignature::dag`], for the other groups the CPU rules fuse (a GELU
+//! written out as Div/Erf/Add/Mul/Mul reads the MatMul's output twice).
 
 use std::collections::BTreeMap;
 
@@ -101,6 +106,48 @@ pub struct KernelSignature {
     pub flops: u64,
     /// Bytes read plus bytes written at the kernel boundary.
     pub bytes: u64,
+    /// The edges, for a group that is not a chain; `None`: the chain convention.
+    #[serde(default)]
+    pub dag: Option<Dag>,
+}
+
+/// Where a node operand or a kernel output comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operand {
+    /// Boundary input `i` ([`KernelSignature::inputs`]).
+    Input(u32),
+    /// Output `output` of node `node` ([`KernelSignature::nodes`]).
+    Node { node: u32, output: u32 },
+}
+
+/// The edges of a fused group that is not a chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dag {
+    /// Per node, its operands in ONNX order (absent optional inputs left out).
+    pub operands: Vec<Vec<Operand>>,
+    /// Per kernel output, the node output it is.
+    pub results: Vec<Operand>,
+}
+
+impl Dag {
+    /// "n1=i0,n0.0" style text for keys: equal texts, equal wiring.
+    fn describe(&self) -> String {
+        let op = |o: &Operand| match o {
+            Operand::Input(i) => format!("i{i}"),
+            Operand::Node { node, output } => format!("n{node}.{output}"),
+        };
+        let mut parts: Vec<String> = self
+            .operands
+            .iter()
+            .enumerate()
+            .map(|(n, ops)| format!("n{n}={}", ops.iter().map(op).collect::<Vec<_>>().join(",")))
+            .collect();
+        parts.push(format!(
+            "out={}",
+            self.results.iter().map(op).collect::<Vec<_>>().join(",")
+        ));
+        parts.join(" ")
+    }
 }
 
 impl KernelSignature {
@@ -146,13 +193,17 @@ impl KernelSignature {
                 attrs.push(format!("{}.{k}={v}", n.op_type));
             }
         }
-        format!(
+        let mut key = format!(
             "{}({})->({}){{{}}}",
             self.pattern(),
             shapes(&self.inputs),
             shapes(&self.outputs),
             attrs.join(";")
-        )
+        );
+        if let Some(d) = &self.dag {
+            key.push_str(&format!("[{}]", d.describe()));
+        }
+        key
     }
 }
 
@@ -184,6 +235,7 @@ mod tests {
             }],
             flops: 1,
             bytes: 1,
+            dag: None,
         };
         assert_eq!(
             sig.key(),

@@ -4,11 +4,12 @@
 //! reference. The graph is built in memory from the signature with the same wiring convention
 //! as the GPU kernels ([`crate::kernels::wire`]); integer shape-like inputs (Reshape shapes,
 //! Squeeze axes, Split sizes) become constants derived from the boundary shapes, views become
-//! one Reshape each.
+//! one Reshape each. Groups that are not chains (the CPU rules fuse a written-out GELU or
+//! LayerNorm) carry their edges in the signature's DAG and become their nodes as they are.
 
 use std::sync::Arc;
 
-use moirai_shared::kernel::{AttrValue, DType, KernelSignature};
+use moirai_shared::kernel::{AttrValue, DType, Dag, KernelSignature, Operand};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -143,6 +144,9 @@ pub fn onnx_model(
     sig: &KernelSignature,
     values: &[HostTensor],
 ) -> Result<(pb::ModelProto, Vec<usize>), CpuError> {
+    if let Some(dag) = &sig.dag {
+        return dag_model(sig, dag, values);
+    }
     let kernel = sig.pattern();
     let wiring = wire(sig).map_err(|source| CpuError::Wiring {
         kernel: kernel.clone(),
@@ -275,6 +279,105 @@ pub fn onnx_model(
         });
         prev = outs;
     }
+    Ok(assemble(sig, nodes, inits, &roles))
+}
+
+/// The model of a group that is not a chain: its nodes as they are, wired by the DAG.
+/// Shape-like operands have no value in a signature, so a DAG that needs one (a Reshape whose
+/// target is not the output's) is refused; the groups the CPU rules fuse as DAGs (written-out
+/// GELU, LayerNorm, masking) have none.
+fn dag_model(
+    sig: &KernelSignature,
+    dag: &Dag,
+    values: &[HostTensor],
+) -> Result<(pb::ModelProto, Vec<usize>), CpuError> {
+    let kernel = sig.pattern();
+    let unsupported = |what: String| CpuError::Unsupported {
+        kernel: kernel.clone(),
+        what,
+    };
+    if dag.operands.len() != sig.nodes.len() || dag.results.len() != sig.outputs.len() {
+        return Err(unsupported(
+            "DAG does not match the nodes and outputs".into(),
+        ));
+    }
+    let roles = input_roles(sig);
+    let name = |o: &Operand| match *o {
+        Operand::Input(j) => format!("in{j}"),
+        Operand::Node { node, output } => format!("n{node}_{output}"),
+    };
+    // Each node has as many outputs as anything reads.
+    let mut n_out = vec![1u32; sig.nodes.len()];
+    for o in dag.operands.iter().flatten().chain(&dag.results) {
+        if let Operand::Node { node, output } = *o {
+            let slot = n_out
+                .get_mut(node as usize)
+                .ok_or_else(|| unsupported(format!("no node {node}")))?;
+            *slot = (*slot).max(output + 1);
+        }
+    }
+    let mut nodes = Vec::new();
+    let mut inits: Vec<pb::TensorProto> = Vec::new();
+    for (i, node) in sig.nodes.iter().enumerate() {
+        let mut ins = Vec::new();
+        for o in &dag.operands[i] {
+            if let Operand::Input(j) = *o {
+                let j = j as usize;
+                match roles.get(j) {
+                    None => return Err(unsupported(format!("no input {j}"))),
+                    Some(InputRole::ShapeConst) => {
+                        return Err(unsupported(format!(
+                            "a shape operand of {} inside a fused DAG",
+                            node.op_type
+                        )))
+                    }
+                    Some(&r) if baked(r) => {
+                        let n = format!("in{j}");
+                        let init = values
+                            .get(j)
+                            .and_then(|v| f32_initializer(&n, v))
+                            .ok_or_else(|| {
+                                unsupported(format!("no f32 value for constant input {j}"))
+                            })?;
+                        if !inits.iter().any(|t| t.name == n) {
+                            inits.push(init);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            ins.push(name(o));
+        }
+        nodes.push(pb::NodeProto {
+            input: ins,
+            output: (0..n_out[i]).map(|o| format!("n{i}_{o}")).collect(),
+            name: format!("node{i}"),
+            op_type: node.op_type.clone(),
+            attribute: node.attrs.iter().map(|(k, v)| attribute(k, v)).collect(),
+            ..Default::default()
+        });
+    }
+    // Graph outputs by their kernel names.
+    for (o, r) in dag.results.iter().enumerate() {
+        nodes.push(pb::NodeProto {
+            input: vec![name(r)],
+            output: vec![format!("out{o}")],
+            name: format!("result{o}"),
+            op_type: "Identity".into(),
+            ..Default::default()
+        });
+    }
+    Ok(assemble(sig, nodes, inits, &roles))
+}
+
+/// The model around `nodes`: graph inputs (the runtime inputs those nodes read), outputs
+/// `out0..`, the initializers.
+fn assemble(
+    sig: &KernelSignature,
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    roles: &[InputRole],
+) -> (pb::ModelProto, Vec<usize>) {
     let runtime: Vec<usize> = (0..sig.inputs.len())
         .filter(|&j| roles[j] != InputRole::ShapeConst && !baked(roles[j]))
         .filter(|&j| {
@@ -309,7 +412,7 @@ pub fn onnx_model(
         graph: Some(graph),
         ..Default::default()
     };
-    Ok((model, runtime))
+    (model, runtime)
 }
 
 impl CpuKernel {
@@ -384,5 +487,86 @@ impl CpuKernel {
                 Ok(HostTensor::f32(&dims, data))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use moirai_shared::kernel::{Dag, FusedNode, KernelClass, Operand, TensorShape};
+
+    use super::*;
+
+    fn f32s(dims: &[usize], n: usize) -> Vec<TensorShape> {
+        vec![
+            TensorShape {
+                dims: dims.to_vec(),
+                dtype: DType::F32,
+            };
+            n
+        ]
+    }
+
+    fn node(op: &str) -> FusedNode {
+        FusedNode {
+            op_type: op.into(),
+            attrs: Default::default(),
+        }
+    }
+
+    /// SiLU written out, `x * Sigmoid(x)`: the Mul reads the kernel input a second time, which
+    /// no chain can say.
+    fn silu() -> KernelSignature {
+        KernelSignature {
+            class: KernelClass::Eltwise,
+            nodes: vec![node("Sigmoid"), node("Mul")],
+            inputs: f32s(&[2, 5], 1),
+            outputs: f32s(&[2, 5], 1),
+            flops: 0,
+            bytes: 0,
+            dag: Some(Dag {
+                operands: vec![
+                    vec![Operand::Input(0)],
+                    vec![Operand::Input(0), Operand::Node { node: 0, output: 0 }],
+                ],
+                results: vec![Operand::Node { node: 1, output: 0 }],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_fused_dag_runs_as_its_nodes() {
+        let sig = silu();
+        let x: Vec<f32> = (0..10).map(|i| i as f32 * 0.7 - 3.0).collect();
+        let k = CpuKernel::build(&sig).expect("the DAG compiles");
+        let out = k.run(&[HostTensor::f32(&[2, 5], x.clone())]).expect("runs");
+        let HostData::F32(y) = &out[0].data else {
+            panic!("f32 out")
+        };
+        for (a, b) in x.iter().zip(y) {
+            let want = a / (1.0 + (-a).exp());
+            assert!((want - b).abs() < 1e-5, "{a}: {b} vs {want}");
+        }
+        // The GPU generators are for chains: the DAG is refused with a reason, not miswired.
+        let e = crate::kernels::wire(&sig).unwrap_err().to_string();
+        assert!(e.contains("not a chain"), "{e}");
+    }
+
+    #[test]
+    fn a_dag_with_a_shape_operand_is_refused_by_name() {
+        let mut sig = silu();
+        sig.nodes[0] = node("Reshape");
+        sig.inputs.push(TensorShape {
+            dims: vec![2],
+            dtype: DType::I64,
+        });
+        sig.dag = Some(Dag {
+            operands: vec![
+                vec![Operand::Input(0), Operand::Input(1)],
+                vec![Operand::Input(0), Operand::Node { node: 0, output: 0 }],
+            ],
+            results: vec![Operand::Node { node: 1, output: 0 }],
+        });
+        let e = CpuKernel::build(&sig).err().expect("refused").to_string();
+        assert!(e.contains("shape operand of Reshape"), "{e}");
     }
 }

@@ -4,7 +4,7 @@ use moirai_shared::kernel::{DType, KernelSignature};
 
 use crate::gpu::buffers::{BufferPool, GpuTensor};
 use crate::gpu::context::{GpuContext, GpuError};
-use crate::kernels::wire;
+use crate::kernels::node_inputs;
 
 /// Elements of a host tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,19 +85,12 @@ pub fn input_roles(sig: &KernelSignature) -> Vec<InputRole> {
             _ => InputRole::IntData,
         };
     }
-    let Ok(wiring) = wire(sig) else {
+    let Ok(operands) = node_inputs(sig) else {
         return roles;
     };
     for (i, node) in sig.nodes.iter().enumerate() {
-        let w = &wiring[i];
-        // Position of operand `k` (ONNX numbering) in this node's wiring.
-        let at = |k: usize| -> Option<usize> {
-            if i == 0 {
-                w.get(k).copied()
-            } else {
-                k.checked_sub(1).and_then(|k| w.get(k).copied())
-            }
-        };
+        // The signature input that is ONNX operand `k` of this node, if it is one.
+        let at = |k: usize| -> Option<usize> { operands[i].get(k).copied().flatten() };
         match node.op_type.as_str() {
             // Operands that are shapes, axes or sizes.
             "Reshape" | "Expand" | "Squeeze" | "Unsqueeze" | "Split" | "Tile" | "ReduceMean"

@@ -28,7 +28,7 @@ pub mod norm;
 pub mod pool;
 pub mod shader;
 
-use moirai_shared::kernel::{AttrValue, DType, FusedNode, KernelClass, KernelSignature};
+use moirai_shared::kernel::{AttrValue, DType, FusedNode, KernelClass, KernelSignature, Operand};
 
 use crate::gpu::buffers::{BufferPool, GpuDType, GpuTensor};
 use crate::gpu::context::{GpuContext, GpuError};
@@ -297,6 +297,12 @@ impl BoundKernel<'_> {
 /// For each node, the signature inputs it reads (for nodes after the first: besides the
 /// previous node's output). See the module doc.
 pub fn wire(sig: &KernelSignature) -> Result<Vec<Vec<usize>>, KernelError> {
+    if sig.dag.is_some() {
+        return Err(unsupported(
+            sig,
+            "a fused group that is not a chain (the GPU kernels are generated for chains)",
+        ));
+    }
     let n_in = sig.inputs.len();
     // (min, max) operands each node takes from the signature inputs.
     let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(sig.nodes.len());
@@ -325,6 +331,40 @@ pub fn wire(sig: &KernelSignature) -> Result<Vec<Vec<usize>>, KernelError> {
         return Err(malformed(sig, format!("{spare} inputs left unused")));
     }
     Ok(out)
+}
+
+/// For each node, where each of its ONNX operands comes from: `Some(j)` for signature input
+/// `j`, `None` for another node's output. From the signature's DAG when it has one, else from
+/// the chain convention ([`wire`]).
+pub fn node_inputs(sig: &KernelSignature) -> Result<Vec<Vec<Option<usize>>>, KernelError> {
+    if let Some(dag) = &sig.dag {
+        if dag.operands.len() != sig.nodes.len() {
+            return Err(malformed(sig, "DAG operands do not match the nodes"));
+        }
+        return dag
+            .operands
+            .iter()
+            .map(|ops| {
+                ops.iter()
+                    .map(|o| match *o {
+                        Operand::Input(j) if (j as usize) < sig.inputs.len() => {
+                            Ok(Some(j as usize))
+                        }
+                        Operand::Input(j) => Err(malformed(sig, format!("no input {j}"))),
+                        Operand::Node { .. } => Ok(None),
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+    Ok(wire(sig)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let chained = (i > 0).then_some(None);
+            chained.into_iter().chain(w.into_iter().map(Some)).collect()
+        })
+        .collect())
 }
 
 /// (min, max) ONNX operand count of an op.

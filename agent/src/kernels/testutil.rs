@@ -78,6 +78,7 @@ pub fn sig(
         outputs,
         flops: 0,
         bytes: 0,
+        dag: None,
     }
 }
 

@@ -329,6 +329,7 @@ pub fn split_fused(
         inputs: head_inputs,
         outputs: vec![mid],
         flops: sig.flops.saturating_sub(tail_flops),
+        dag: None,
     };
     let tail = KernelSignature {
         class: KernelClass::Eltwise,
@@ -337,6 +338,7 @@ pub fn split_fused(
         inputs: tail_inputs,
         outputs: vec![out.clone()],
         flops: tail_flops,
+        dag: None,
     };
     Ok((head, tail))
 }

@@ -19,12 +19,80 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use moirai_shared::device::Backend;
-use moirai_shared::kernel::{FusedNode, KernelSignature, TensorShape};
+use moirai_shared::kernel::{Dag, FusedNode, KernelSignature, Operand, TensorShape};
 use tracing::{debug, instrument};
 
 use crate::import::onnx::{self, ImportError, ImportOptions, OnnxModel, TensorOrigin};
 use merge::GroupGraph;
 use rules::{classify, Condition, FusionRule, RuleSet, SHAPE_SOURCES, VIEW};
+
+/// The edges of a group given as ONNX nodes and boundary tensors; `None` when the chain
+/// convention says the same (each node after the first reads the previous node's output first,
+/// then the next boundary inputs; the outputs are the last node's).
+fn dag_of(
+    model: &OnnxModel,
+    nodes: &[usize],
+    boundary: &[String],
+    outputs: &[String],
+) -> Option<Dag> {
+    let at = |t: &str| -> Option<Operand> {
+        for (q, &n) in nodes.iter().enumerate() {
+            if let Some(o) = model.nodes[n].outputs.iter().position(|x| x == t) {
+                return Some(Operand::Node {
+                    node: q as u32,
+                    output: o as u32,
+                });
+            }
+        }
+        boundary
+            .iter()
+            .position(|x| x == t)
+            .map(|i| Operand::Input(i as u32))
+    };
+    let operands: Vec<Vec<Operand>> = nodes
+        .iter()
+        .map(|&n| {
+            model.nodes[n]
+                .inputs
+                .iter()
+                .filter(|t| !t.is_empty())
+                .filter_map(|t| at(t))
+                .collect()
+        })
+        .collect();
+    let results: Vec<Operand> = outputs.iter().filter_map(|t| at(t)).collect();
+    let last = nodes.len().saturating_sub(1) as u32;
+    let mut next_input = 0u32;
+    let mut chain = results.iter().enumerate().all(|(o, r)| {
+        *r == Operand::Node {
+            node: last,
+            output: o as u32,
+        }
+    });
+    for (q, ops) in operands.iter().enumerate() {
+        // A commutative op reading the previous output second is a chain step all the same.
+        let mut ops = ops.clone();
+        let commutative = matches!(
+            model.nodes[nodes[q]].op_type.as_str(),
+            "Add" | "Mul" | "Max" | "Min" | "And" | "Or" | "Xor" | "Equal"
+        );
+        if commutative && q > 0 && ops.len() == 2 && matches!(ops[0], Operand::Input(_)) {
+            ops.swap(0, 1);
+        }
+        for (k, op) in ops.iter().enumerate() {
+            chain &= match op {
+                Operand::Node { node, output: 0 } if q > 0 && k == 0 => *node + 1 == q as u32,
+                Operand::Input(i) if q == 0 || k > 0 => {
+                    next_input += 1;
+                    *i + 1 == next_input
+                }
+                _ => false,
+            };
+        }
+    }
+    chain &= next_input as usize == boundary.len();
+    (!chain).then_some(Dag { operands, results })
+}
 
 /// One fused kernel: a group of ONNX nodes executed as a unit.
 #[derive(Clone, Debug, PartialEq)]
@@ -416,6 +484,12 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
             outputs: outputs.iter().map(|t| shape(t)).collect(),
             flops: nodes.iter().map(|&n| model.nodes[n].flops).sum(),
             bytes: boundary.iter().chain(&outputs).map(|t| bytes(t)).sum(),
+            // Chains are wired by convention; other groups say their edges.
+            dag: if steps.is_some() {
+                None
+            } else {
+                dag_of(model, &nodes, &boundary, &outputs)
+            },
         };
         let anchor = nodes
             .iter()

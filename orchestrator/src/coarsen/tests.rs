@@ -3,7 +3,7 @@
 use super::*;
 use crate::import::onnx::build::ModelBuilder;
 use crate::import::onnx::from_proto;
-use moirai_shared::kernel::{AttrValue, DType, KernelClass};
+use moirai_shared::kernel::{AttrValue, DType, KernelClass, Operand};
 use rules::{GroupPattern, ELTWISE};
 
 const F: DType = DType::F32;
@@ -358,4 +358,64 @@ fn equal_kernels_share_one_signature() {
     let sigs = c.distinct_signatures();
     assert_eq!(sigs.len(), 1);
     assert_eq!(sigs[0].1, 2);
+}
+
+#[test]
+fn a_group_that_is_not_a_chain_carries_its_edges_and_a_chain_does_not() {
+    let m = import(
+        ModelBuilder::new("dag")
+            .input("x", F, &[4, 4])
+            .input("z", F, &[4, 4])
+            .node("Relu", &["x"], &["r"])
+            .node("Add", &["z", "r"], &["s"])
+            .node("Sigmoid", &["r"], &["t"])
+            .output("s", F, &[4, 4])
+            .output("t", F, &[4, 4]),
+    );
+    let rules = RuleSet {
+        backend: Backend::Cpu,
+        fold_static: true,
+        chains_only: false,
+        rules: vec![FusionRule {
+            name: "eltwise-chain",
+            producer: GroupPattern::Ops(ELTWISE),
+            consumer: GroupPattern::Ops(ELTWISE),
+            condition: Condition::Acyclic,
+        }],
+    };
+    let c = coarsen(&m, &rules);
+    let n = |node, output| Operand::Node { node, output };
+    let dag = c.groups[0]
+        .signature
+        .dag
+        .clone()
+        .expect("Sigmoid reads Relu, not Add");
+    // Boundary inputs in order of first use: x, then z.
+    assert_eq!(
+        dag.operands,
+        [
+            vec![Operand::Input(0)],
+            vec![Operand::Input(1), n(0, 0)],
+            vec![n(0, 0)]
+        ]
+    );
+    assert_eq!(dag.results, [n(1, 0), n(2, 0)]);
+    assert!(c.groups[0].signature.key().contains("n2=n0.0"));
+    // A chain keeps the convention (and its key), also on the CPU rules; a commutative op
+    // reading the previous output second is still a chain.
+    for b in Backend::ALL {
+        let c = coarsen(&import(conv_bn_relu()), &RuleSet::for_backend(b));
+        assert_eq!(c.groups[0].signature.dag, None, "{b}");
+    }
+    let swapped = import(
+        ModelBuilder::new("swapped")
+            .input("x", F, &[4, 4])
+            .input("z", F, &[4, 4])
+            .node("Relu", &["x"], &["r"])
+            .node("Add", &["z", "r"], &["s"])
+            .output("s", F, &[4, 4]),
+    );
+    let c = coarsen(&swapped, &rules);
+    assert_eq!(patterns(&c), ["Relu+Add"]);
+    assert_eq!(c.groups[0].signature.dag, None);
 }

@@ -185,6 +185,7 @@ mod tests {
             }],
             flops,
             bytes,
+            dag: None,
         }
     }
 
