@@ -720,15 +720,13 @@ impl GpuShareExec {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     use moirai_orchestrator::infer::model::InferModel;
-    use moirai_orchestrator::infer::split::split;
-    use moirai_orchestrator::infer::submodel;
     use moirai_orchestrator::infer::tensor;
 
     use super::*;
+    use crate::exec::compare::{absorb, stage_shares, Feed};
     use crate::exec::subgraph::SubgraphExec;
 
     /// The kernel tests' adapter, shared (same device and queue).
@@ -768,54 +766,18 @@ mod tests {
         }
     }
 
-    /// The model cut into shares: group `i` goes to agent `agent_of(i)`. Returns each
-    /// share's spec and sub-model, in pipeline order.
-    fn shares(
-        model: &InferModel,
-        agent_of: impl Fn(usize) -> &'static str,
-    ) -> Vec<(SubgraphSpec, pb::ModelProto)> {
-        let placement: BTreeMap<String, String> = model
-            .coarse
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.name.clone(), agent_of(i).to_string()))
-            .collect();
-        let s = split(
-            &model.onnx,
-            &model.coarse,
-            &placement,
-            1,
-            model.sha256,
-            1.0,
-            |n| model.weight_bytes(n),
-        )
-        .expect("split");
-        let mut agents: Vec<&str> = (0..model.coarse.groups.len()).map(&agent_of).collect();
-        agents.dedup();
-        agents
-            .into_iter()
-            .map(|a| {
-                let spec = s.specs[a].clone();
-                let sub = submodel::extract(model.proto(), &spec).expect("sub-model");
-                (spec, sub)
-            })
-            .collect()
-    }
-
     /// Runs the shares in order, feeding each the tensors the earlier ones produced.
-    fn run_shares(
-        execs: &[GpuShareExec],
-        input: &(String, Vec<u64>, Vec<f32>),
-    ) -> HashMap<String, (Vec<u64>, Vec<f32>)> {
-        let mut known: HashMap<String, (Vec<u64>, Vec<f32>)> = HashMap::new();
+    fn run_shares(execs: &[GpuShareExec], input: &(String, Vec<u64>, Vec<f32>)) -> Feed {
+        let mut known = Feed::new();
         known.insert(input.0.clone(), (input.1.clone(), input.2.clone()));
         for e in execs {
-            for (name, dims, values) in e.run(&known).expect("request runs") {
-                known.insert(name, (dims, values));
-            }
+            absorb(&mut known, e.run(&known).expect("request runs"));
         }
         known
+    }
+
+    fn one_share(model: &InferModel) -> (SubgraphSpec, pb::ModelProto) {
+        stage_shares(model, 1).expect("one share").remove(0)
     }
 
     /// max|got - want| / max|want|.
@@ -838,8 +800,7 @@ mod tests {
     fn whole_model_matches_its_reference(dir: &Path) {
         let Some(ctx) = ctx() else { return };
         let c = case(dir);
-        let mut shares = shares(&c.model, |_| "a");
-        let (spec, sub) = shares.pop().expect("one share");
+        let (spec, sub) = one_share(&c.model);
         let exec = GpuShareExec::load(ctx, &sub, &spec).expect("loads on the GPU executor");
         let out = run_shares(std::slice::from_ref(&exec), &c.input);
         let got = &out[&c.model.outputs()[0].name].1;
@@ -879,8 +840,11 @@ mod tests {
         let c = case(&repo().join("tests/fixtures/onnx/tiny-cnn"));
         let n = c.model.coarse.groups.len();
         assert!(n >= 2, "the fixture has {n} groups");
-        let parts = shares(&c.model, |i| if i < n / 2 { "a" } else { "b" });
-        assert_eq!(parts.len(), 2);
+        let parts = stage_shares(&c.model, 2).expect("two shares");
+        assert!(
+            parts[1].0.inputs.iter().all(|t| t.name != c.input.0),
+            "stage 2 reads the model input"
+        );
         let execs: Vec<GpuShareExec> = parts
             .iter()
             .map(|(spec, sub)| GpuShareExec::load(ctx.clone(), sub, spec).expect("loads"))
@@ -894,7 +858,7 @@ mod tests {
     fn groups_sent_to_the_cpu_run_there_and_give_the_same_output() {
         let Some(ctx) = ctx() else { return };
         let c = case(&repo().join("tests/fixtures/onnx/tiny-cnn"));
-        let (spec, sub) = shares(&c.model, |_| "a").pop().expect("one share");
+        let (spec, sub) = one_share(&c.model);
         // Every other kernel pattern on the CPU: activations cross host and device both ways.
         let exec =
             GpuShareExec::load_with(ctx, &sub, &spec, &|p| p.starts_with("Conv")).expect("loads");
@@ -921,7 +885,7 @@ mod tests {
     fn a_request_without_its_input_is_refused_by_name() {
         let Some(ctx) = ctx() else { return };
         let c = case(&repo().join("tests/fixtures/onnx/tiny-cnn"));
-        let (spec, sub) = shares(&c.model, |_| "a").pop().expect("one share");
+        let (spec, sub) = one_share(&c.model);
         let exec = GpuShareExec::load(ctx, &sub, &spec).expect("loads");
         let msg = exec.run(&HashMap::new()).unwrap_err().to_string();
         assert!(msg.contains(&c.input.0), "{msg}");
