@@ -46,7 +46,7 @@ pub enum CompareError {
     Gpu {
         stage: usize,
         #[source]
-        source: GpuShareError,
+        source: Box<GpuShareError>,
     },
 }
 
@@ -220,7 +220,10 @@ pub fn bench_share(
             max_rel_diff: None,
         });
     };
-    let gpu_err = |source| CompareError::Gpu { stage, source };
+    let gpu_err = |source| CompareError::Gpu {
+        stage,
+        source: Box::new(source),
+    };
     let t0 = Instant::now();
     let exec = GpuShareExec::load(ctx, sub, spec).map_err(gpu_err)?;
     let gpu_load = t0.elapsed().as_secs_f64() * 1e3;

@@ -69,7 +69,7 @@ pub enum GpuShareError {
     Cpu {
         group: String,
         #[source]
-        source: CpuError,
+        source: Box<CpuError>,
     },
     #[error(transparent)]
     Gpu(#[from] GpuError),
@@ -413,6 +413,8 @@ impl GpuShareExec {
     /// [`GpuShareExec::load`], with the groups whose kernel pattern `on_cpu` accepts sent to
     /// the CPU executor whatever the GPU could do (to compare, or to route around a kernel).
     #[instrument(skip_all, fields(epoch = spec.epoch, model = %spec.model))]
+    // Sets of buffers: `wgpu::Buffer` hashes and compares by identity, not by its contents.
+    #[allow(clippy::mutable_key_type)]
     pub fn load_with(
         ctx: Arc<GpuContext>,
         model: &pb::ModelProto,
@@ -695,7 +697,7 @@ impl GpuShareExec {
                     }
                     let outs = kernel.run(&host).map_err(|source| GpuShareError::Cpu {
                         group: step.group.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                     for (t, h) in step.outputs.iter().zip(&outs) {
                         write(ctx, t, h).map_err(|what| GpuShareError::Group {
@@ -771,7 +773,8 @@ mod tests {
         let mut known = Feed::new();
         known.insert(input.0.clone(), (input.1.clone(), input.2.clone()));
         for e in execs {
-            absorb(&mut known, e.run(&known).expect("request runs"));
+            let out = e.run(&known).expect("request runs");
+            absorb(&mut known, out);
         }
         known
     }
