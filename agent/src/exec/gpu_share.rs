@@ -96,10 +96,9 @@ pub struct GroupPlacement {
 enum Runner {
     Gpu(GpuKernel),
     /// Tract. `host` holds its inputs: the constants, and the activations read back per
-    /// request into their slots (`is_const` says which is which).
+    /// request into their slots ([`Step::is_const`] says which is which).
     Cpu {
         kernel: CpuKernel,
-        is_const: Vec<bool>,
         host: Mutex<Vec<HostTensor>>,
     },
 }
@@ -110,6 +109,77 @@ struct Step {
     runner: Runner,
     inputs: Vec<GpuTensor>,
     outputs: Vec<GpuTensor>,
+    /// Which inputs are constants (weights, folded values).
+    is_const: Vec<bool>,
+}
+
+/// A GPU kernel whose outputs differ from tract's on the same inputs (see
+/// [`GpuShareExec::verify`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    pub group: String,
+    pub pattern: String,
+    /// max|gpu - tract| / max|tract| over its outputs (infinite for a NaN or a length
+    /// mismatch).
+    pub rel_diff: f32,
+}
+
+/// max|got - want| / max|want| over tensors pairwise; NaN against NaN agrees.
+fn host_rel_diff(got: &[HostTensor], want: &[HostTensor]) -> f32 {
+    if got.len() != want.len() {
+        return f32::INFINITY;
+    }
+    let mut worst = 0.0f32;
+    for (g, w) in got.iter().zip(want) {
+        let (g, w) = (f32_values(g.clone()), f32_values(w.clone()));
+        if g.len() != w.len() {
+            return f32::INFINITY;
+        }
+        let scale = w
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0.0f32, |m, v| m.max(v.abs()))
+            .max(1e-12);
+        for (a, b) in g.iter().zip(&w) {
+            let d = if a.is_nan() && b.is_nan() || a == b {
+                0.0
+            } else if a.is_finite() && b.is_finite() {
+                (a - b).abs() / scale
+            } else {
+                f32::INFINITY
+            };
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+/// Runs a CPU step: reads its activations back, runs tract, writes its outputs.
+fn run_on_cpu(
+    ctx: &GpuContext,
+    epoch: u64,
+    step: &Step,
+    kernel: &CpuKernel,
+    host: &Mutex<Vec<HostTensor>>,
+) -> Result<(), GpuShareError> {
+    let mut host = host.lock().unwrap_or_else(|p| p.into_inner());
+    for ((t, &c), slot) in step.inputs.iter().zip(&step.is_const).zip(host.iter_mut()) {
+        if !c {
+            *slot = read(ctx, t)?;
+        }
+    }
+    let outs = kernel.run(&host).map_err(|source| GpuShareError::Cpu {
+        group: step.group.clone(),
+        source: Box::new(source),
+    })?;
+    for (t, h) in step.outputs.iter().zip(&outs) {
+        write(ctx, t, h).map_err(|what| GpuShareError::Group {
+            epoch,
+            group: step.group.clone(),
+            what,
+        })?;
+    }
+    Ok(())
 }
 
 /// A share compiled for one device.
@@ -534,7 +604,6 @@ impl GpuShareExec {
                     (
                         Runner::Cpu {
                             kernel,
-                            is_const: consts_of.iter().map(Option::is_some).collect(),
                             host: Mutex::new(values),
                         },
                         outs,
@@ -562,6 +631,7 @@ impl GpuShareExec {
                 runner,
                 inputs: ins,
                 outputs: outs,
+                is_const: g.operands.iter().map(|t| consts.contains_key(t)).collect(),
             });
             // Tensors read for the last time here give their buffer back, unless a live
             // tensor (a view) shares it.
@@ -619,6 +689,93 @@ impl GpuShareExec {
             weight_bytes,
             activation_bytes,
         })
+    }
+
+    /// Checks every GPU kernel against tract on the same inputs: runs the share once on
+    /// deterministic sample inputs, group by group, and moves each group whose outputs
+    /// differ from tract's by more than `tol` (relative to the output's largest magnitude)
+    /// to the CPU executor. Returns those groups; [`GpuShareExec::placements`] then says why
+    /// they run on the CPU. A group tract cannot run alone stays unchecked on the GPU.
+    pub fn verify(&mut self, tol: f32) -> Result<Vec<Mismatch>, GpuShareError> {
+        let ctx = self.ctx.clone();
+        let mut rng = fastrand::Rng::with_seed(11);
+        for (_, t) in &self.inputs {
+            let n = t.elements();
+            let h = match t.dtype {
+                GpuDType::F32 => {
+                    HostTensor::f32(&t.dims, (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect())
+                }
+                GpuDType::I32 => HostTensor::i64(&t.dims, vec![0; n]),
+            };
+            write(&ctx, t, &h).map_err(|what| GpuShareError::Group {
+                epoch: self.epoch,
+                group: "(sample inputs)".into(),
+                what,
+            })?;
+        }
+        let mut found = Vec::new();
+        for (step, placement) in self.steps.iter_mut().zip(&mut self.placements) {
+            let kernel = match &step.runner {
+                Runner::Cpu { kernel, host } => {
+                    run_on_cpu(&ctx, self.epoch, step, kernel, host)?;
+                    continue;
+                }
+                Runner::Gpu(k) => k,
+            };
+            let mut enc = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("moirai-verify"),
+                });
+            kernel
+                .bind(&ctx, &step.inputs, &step.outputs)
+                .encode(&mut enc, None);
+            ctx.queue.submit([enc.finish()]);
+            let inputs = step
+                .inputs
+                .iter()
+                .map(|t| read(&ctx, t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let got = step
+                .outputs
+                .iter()
+                .map(|t| read(&ctx, t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sig = &kernel.signature;
+            let tract = CpuKernel::build_with(sig, &inputs)
+                .and_then(|c| c.run(&inputs).map(|want| (c, want)));
+            let (cpu, want) = match tract {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(group = %step.group, error = %e, "tract cannot check this kernel");
+                    continue;
+                }
+            };
+            let d = host_rel_diff(&got, &want);
+            if d.is_nan() || d > tol {
+                warn!(group = %step.group, pattern = %sig.pattern(), rel_diff = d, "the GPU kernel differs from tract; the group runs on the CPU");
+                found.push(Mismatch {
+                    group: step.group.clone(),
+                    pattern: sig.pattern(),
+                    rel_diff: d,
+                });
+                placement.on = Where::Cpu(format!("differs from tract by {d:e} (relative)"));
+                // Later groups see tract's values, as they will at run time.
+                for (t, h) in step.outputs.iter().zip(&want) {
+                    write(&ctx, t, h).map_err(|what| GpuShareError::Group {
+                        epoch: self.epoch,
+                        group: step.group.clone(),
+                        what,
+                    })?;
+                }
+                step.runner = Runner::Cpu {
+                    kernel: cpu,
+                    host: Mutex::new(inputs),
+                };
+            }
+        }
+        ctx.wait()?;
+        Ok(found)
     }
 
     /// Which groups run where, in execution order.
@@ -682,30 +839,10 @@ impl GpuShareExec {
                     k.bind(ctx, &step.inputs, &step.outputs)
                         .encode(&mut enc, None);
                 }
-                Runner::Cpu {
-                    kernel,
-                    is_const,
-                    host,
-                } => {
+                Runner::Cpu { kernel, host } => {
                     let done = std::mem::replace(&mut enc, encoder());
                     ctx.queue.submit([done.finish()]);
-                    let mut host = host.lock().unwrap_or_else(|p| p.into_inner());
-                    for ((t, &c), slot) in step.inputs.iter().zip(is_const).zip(host.iter_mut()) {
-                        if !c {
-                            *slot = read(ctx, t)?;
-                        }
-                    }
-                    let outs = kernel.run(&host).map_err(|source| GpuShareError::Cpu {
-                        group: step.group.clone(),
-                        source: Box::new(source),
-                    })?;
-                    for (t, h) in step.outputs.iter().zip(&outs) {
-                        write(ctx, t, h).map_err(|what| GpuShareError::Group {
-                            epoch: self.epoch,
-                            group: step.group.clone(),
-                            what,
-                        })?;
-                    }
+                    run_on_cpu(ctx, self.epoch, step, kernel, host)?;
                 }
             }
         }
@@ -882,6 +1019,42 @@ mod tests {
         feed.insert(c.input.0.clone(), (c.input.1.clone(), c.input.2.clone()));
         let want = tract.run(&feed).expect("tract runs");
         assert!(rel_diff(&out[&want[0].0].1, &want[0].2) <= 1e-4);
+    }
+
+    #[test]
+    fn verifying_the_kernels_against_tract_finds_no_difference_on_the_fixture() {
+        let Some(ctx) = ctx() else { return };
+        let c = case(&repo().join("tests/fixtures/onnx/tiny-cnn"));
+        let (spec, sub) = one_share(&c.model);
+        let mut exec = GpuShareExec::load(ctx, &sub, &spec).expect("loads");
+        let found = exec.verify(1e-3).expect("verifies");
+        assert!(found.is_empty(), "{found:?}");
+        assert!(exec.placements().iter().all(|p| p.on == Where::Gpu));
+    }
+
+    #[test]
+    fn kernels_failing_verification_move_to_the_cpu_and_the_answer_stays_right() {
+        let Some(ctx) = ctx() else { return };
+        let c = case(&repo().join("tests/fixtures/onnx/tiny-cnn"));
+        let (spec, sub) = one_share(&c.model);
+        let mut exec = GpuShareExec::load(ctx, &sub, &spec).expect("loads");
+        // A tolerance no kernel meets: every group tract can check fails it.
+        let found = exec.verify(-1.0).expect("verifies");
+        assert!(!found.is_empty());
+        for m in &found {
+            let p = exec
+                .placements()
+                .iter()
+                .find(|p| p.group == m.group)
+                .expect("placed");
+            assert!(
+                matches!(&p.on, Where::Cpu(why) if why.contains("differs from tract")),
+                "{p:?}"
+            );
+        }
+        let out = run_shares(std::slice::from_ref(&exec), &c.input);
+        let d = rel_diff(&out[&c.model.outputs()[0].name].1, &c.want);
+        assert!(d <= 1e-4, "relative difference {d:e}");
     }
 
     #[test]
