@@ -125,6 +125,10 @@ enum Command {
         warmups: usize,
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Also check every GPU kernel against tract at load (part of the load time); a
+        /// kernel differing by more than this (relative) runs on the CPU.
+        #[arg(long)]
+        verify: Option<f32>,
     },
 }
 
@@ -308,7 +312,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             warmups,
             runs,
-        } => bench_share(&model, input, stages, stage, &device, warmups, runs),
+            verify,
+        } => bench_share(
+            &model,
+            input,
+            (stages, stage),
+            &device,
+            moirai_agent::exec::compare::BenchOptions {
+                warmups,
+                runs,
+                verify,
+            },
+        ),
         Command::BenchKernels {
             device,
             n,
@@ -335,11 +350,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn bench_share(
     path: &std::path::Path,
     input: Option<PathBuf>,
-    stages: usize,
-    stage: usize,
+    (stages, stage): (usize, usize),
     device: &DeviceArgs,
-    warmups: usize,
-    runs: usize,
+    opts: moirai_agent::exec::compare::BenchOptions,
 ) -> anyhow::Result<()> {
     use moirai_agent::exec::compare::{self, Feed};
     use moirai_orchestrator::infer::{model::InferModel, tensor};
@@ -378,7 +391,7 @@ fn bench_share(
         spec.weight_bytes
     );
     let ctx = open_device(device)?.map(std::sync::Arc::new);
-    let b = compare::bench_share(ctx, &shares, stage - 1, feed, warmups, runs)?;
+    let b = compare::bench_share(ctx, &shares, stage - 1, feed, opts)?;
     let line = |name: &str, t: &compare::Timing| {
         println!(
             "{name:<14} load {:>8.1} ms; per request over {} runs: min {:.2} ms, p50 {:.2} ms, p90 {:.2} ms",
@@ -391,6 +404,15 @@ fn bench_share(
     };
     if let Some(p) = &b.gpu_placement {
         println!("GPU executor: {p}");
+    }
+    if let (Some(tol), Some(_)) = (opts.verify, &b.gpu) {
+        println!(
+            "kernels checked against tract at load: {} differ by more than {tol:e}",
+            b.mismatches.len()
+        );
+        for m in &b.mismatches {
+            println!("  {} ({}): {:e}", m.group, m.pattern, m.rel_diff);
+        }
     }
     if let Some(g) = &b.gpu {
         line("GPU executor", g);

@@ -91,7 +91,10 @@ fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
         },
         slowdown: a.slowdown,
         executor: if a.gpu {
-            ExecutorChoice::Wgpu(AdapterChoice::from_env())
+            ExecutorChoice::Wgpu {
+                adapter: AdapterChoice::from_env(),
+                verify: false,
+            }
         } else {
             ExecutorChoice::Tract
         },

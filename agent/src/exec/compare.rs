@@ -15,7 +15,7 @@ use moirai_orchestrator::infer::submodel::{self, SubmodelError};
 use moirai_shared::wire::data::SubgraphSpec;
 use tract_onnx::pb;
 
-use super::gpu_share::{GpuShareError, GpuShareExec};
+use super::gpu_share::{GpuShareError, GpuShareExec, Mismatch};
 use super::subgraph::{NamedTensors, SubgraphError, SubgraphExec};
 use crate::gpu::context::GpuContext;
 
@@ -134,6 +134,8 @@ pub struct ShareBench {
     pub gpu_placement: Option<String>,
     /// max|gpu - tract| / max|tract| over the share's outputs.
     pub max_rel_diff: Option<f32>,
+    /// Kernels that failed the load-time check (when asked for), now on the CPU.
+    pub mismatches: Vec<Mismatch>,
 }
 
 fn time<E>(
@@ -182,6 +184,16 @@ pub fn max_rel_diff(got: &NamedTensors, want: &NamedTensors) -> f32 {
     worst
 }
 
+/// How to run [`bench_share`].
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    pub warmups: usize,
+    pub runs: usize,
+    /// Check each GPU kernel against tract at load with this tolerance
+    /// ([`GpuShareExec::verify`]).
+    pub verify: Option<f32>,
+}
+
 /// Loads `shares[stage]` on tract and (with `gpu`) on the GPU executor, feeds both the same
 /// request (`feed` holds the model inputs; earlier stages run on tract to make theirs) and
 /// times `runs` requests on each after `warmups`.
@@ -190,9 +202,13 @@ pub fn bench_share(
     shares: &[Share],
     stage: usize,
     mut feed: Feed,
-    warmups: usize,
-    runs: usize,
+    opts: BenchOptions,
 ) -> Result<ShareBench, CompareError> {
+    let BenchOptions {
+        warmups,
+        runs,
+        verify,
+    } = opts;
     for (s, (spec, sub)) in shares.iter().enumerate().take(stage) {
         let tract_err = |source| CompareError::Tract { stage: s, source };
         let exec = SubgraphExec::load(sub, spec).map_err(tract_err)?;
@@ -218,6 +234,7 @@ pub fn bench_share(
             gpu: None,
             gpu_placement: None,
             max_rel_diff: None,
+            mismatches: Vec::new(),
         });
     };
     let gpu_err = |source| CompareError::Gpu {
@@ -225,7 +242,11 @@ pub fn bench_share(
         source: Box::new(source),
     };
     let t0 = Instant::now();
-    let exec = GpuShareExec::load(ctx, sub, spec).map_err(gpu_err)?;
+    let mut exec = GpuShareExec::load(ctx, sub, spec).map_err(gpu_err)?;
+    let mismatches = match verify {
+        Some(tol) => exec.verify(tol).map_err(gpu_err)?,
+        None => Vec::new(),
+    };
     let gpu_load = t0.elapsed().as_secs_f64() * 1e3;
     let (gpu_ms, got) = time(warmups, runs, || exec.run(&feed)).map_err(gpu_err)?;
     Ok(ShareBench {
@@ -236,5 +257,6 @@ pub fn bench_share(
         }),
         gpu_placement: Some(exec.summary()),
         max_rel_diff: Some(max_rel_diff(&got, &want)),
+        mismatches,
     })
 }

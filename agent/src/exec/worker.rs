@@ -83,8 +83,12 @@ pub struct WorkerOptions {
 /// Which executor runs the shares.
 #[derive(Clone, Debug, Default)]
 pub enum ExecutorChoice {
-    /// The wgpu adapter so chosen, or tract when the board has none.
-    Wgpu(AdapterChoice),
+    /// The wgpu adapter so chosen, or tract when the board has none. With `verify`, each
+    /// share's kernels are checked against tract at load ([`GpuShareExec::verify`]).
+    Wgpu {
+        adapter: AdapterChoice,
+        verify: bool,
+    },
     /// Tract only.
     #[default]
     Tract,
@@ -130,7 +134,7 @@ fn open_executor(choice: &ExecutorChoice) -> (Option<Arc<GpuContext>>, ExecutorI
     };
     match choice {
         ExecutorChoice::Tract => (None, tract),
-        ExecutorChoice::Wgpu(adapter) => match GpuContext::open(adapter) {
+        ExecutorChoice::Wgpu { adapter, .. } => match GpuContext::open(adapter) {
             Ok(ctx) => {
                 let info = ExecutorInfo {
                     adapter: ctx.info.name.clone(),
@@ -147,15 +151,30 @@ fn open_executor(choice: &ExecutorChoice) -> (Option<Arc<GpuContext>>, ExecutorI
     }
 }
 
+/// Tolerance of `--verify-kernels` (max|gpu - tract| / max|tract| per kernel).
+const VERIFY_TOL: f32 = 1e-3;
+
 /// Loads a share on the GPU when there is one (tract for the whole share if the GPU
 /// executor refuses it), else on tract.
 fn load_share(
     gpu: Option<&Arc<GpuContext>>,
+    verify: bool,
     sub: &pb::ModelProto,
     spec: &SubgraphSpec,
 ) -> Result<Share, String> {
     if let Some(ctx) = gpu {
-        match GpuShareExec::load(ctx.clone(), sub, spec) {
+        let loaded = GpuShareExec::load(ctx.clone(), sub, spec).and_then(|mut exec| {
+            if verify {
+                let bad = exec.verify(VERIFY_TOL)?;
+                info!(
+                    epoch = spec.epoch,
+                    differing = bad.len(),
+                    "kernels checked against tract"
+                );
+            }
+            Ok(exec)
+        });
+        match loaded {
             Ok(exec) => {
                 info!(epoch = spec.epoch, placement = %exec.summary(), "share on the GPU executor");
                 return Ok(Share::Gpu(exec));
@@ -216,6 +235,7 @@ fn executor(
     slowdown: Duration,
 ) {
     let (gpu, info) = open_executor(&choice);
+    let verify = matches!(choice, ExecutorChoice::Wgpu { verify: true, .. });
     let _ = opened.send(info);
     let mut loaded: VecDeque<(u64, Share)> = VecDeque::new();
     while let Ok(job) = jobs.recv() {
@@ -231,7 +251,7 @@ fn executor(
                             submodel::decode_model(&bytes).map_err(|e| e.to_string())?
                         }
                     };
-                    load_share(gpu.as_ref(), &sub, &spec)
+                    load_share(gpu.as_ref(), verify, &sub, &spec)
                 })();
                 let result = result.map(|exec| {
                     loaded.retain(|(e, _)| *e != spec.epoch);
@@ -643,6 +663,10 @@ pub struct WorkerArgs {
     /// integrated > CPU).
     #[arg(long)]
     pub adapter: Option<String>,
+    /// Check every GPU kernel of a share against tract when it loads; a kernel that differs
+    /// runs on the CPU (slower loads).
+    #[arg(long)]
+    pub verify_kernels: bool,
     #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
     pub prefix: String,
 }
@@ -671,10 +695,13 @@ impl WorkerArgs {
             slowdown: Duration::ZERO,
             executor: match self.backend {
                 ShareBackend::Cpu => ExecutorChoice::Tract,
-                ShareBackend::Wgpu => ExecutorChoice::Wgpu(match &self.adapter {
-                    Some(a) => AdapterChoice::NameContains(a.clone()),
-                    None => AdapterChoice::from_env(),
-                }),
+                ShareBackend::Wgpu => ExecutorChoice::Wgpu {
+                    adapter: match &self.adapter {
+                        Some(a) => AdapterChoice::NameContains(a.clone()),
+                        None => AdapterChoice::from_env(),
+                    },
+                    verify: self.verify_kernels,
+                },
             },
         })
     }
@@ -705,7 +732,10 @@ mod tests {
         let Some(ctx) = crate::kernels::testutil::gpu() else {
             return;
         };
-        let (gpu, info) = open_executor(&ExecutorChoice::Wgpu(AdapterChoice::from_env()));
+        let (gpu, info) = open_executor(&ExecutorChoice::Wgpu {
+            adapter: AdapterChoice::from_env(),
+            verify: false,
+        });
         assert!(
             gpu.is_some(),
             "an adapter exists but the worker did not open it"
@@ -748,14 +778,21 @@ mod tests {
                 .expect("options")
                 .executor
         };
-        assert!(matches!(parse(&[]), ExecutorChoice::Wgpu(_)));
+        assert!(matches!(
+            parse(&[]),
+            ExecutorChoice::Wgpu { verify: false, .. }
+        ));
+        assert!(matches!(
+            parse(&["--verify-kernels"]),
+            ExecutorChoice::Wgpu { verify: true, .. }
+        ));
         assert!(matches!(
             parse(&["--backend", "cpu"]),
             ExecutorChoice::Tract
         ));
         assert!(matches!(
             parse(&["--adapter", "llvm"]),
-            ExecutorChoice::Wgpu(AdapterChoice::NameContains(a)) if a == "llvm"
+            ExecutorChoice::Wgpu { adapter: AdapterChoice::NameContains(a), .. } if a == "llvm"
         ));
     }
 }

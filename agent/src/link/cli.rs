@@ -164,7 +164,10 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
             executor: if args.cpu {
                 crate::exec::worker::ExecutorChoice::Tract
             } else {
-                crate::exec::worker::ExecutorChoice::Wgpu(choice.clone())
+                crate::exec::worker::ExecutorChoice::Wgpu {
+                    adapter: choice.clone(),
+                    verify: false,
+                }
             },
         }),
     };
