@@ -4,8 +4,9 @@
 //! Everything is decided when the assignment arrives ([`GpuShareExec::load`]), not at the
 //! first request: the sub-model is imported and coarsened, every constant a kernel reads (the
 //! initializers, and the values of the shape-only nodes the coarsener folds) is computed and
-//! uploaded once, every kernel is generated and compiled, and every activation gets its
-//! device buffer (a buffer is reused by a later tensor once its last reader has run). A group
+//! uploaded once, every kernel is generated, compiled and recorded once on its tensors (a
+//! validation error shows here), and every activation gets its device buffer (a buffer is
+//! reused by a later tensor once its last reader has run). A group
 //! whose GPU kernel cannot be built runs on the CPU executor ([`CpuKernel`]) instead, alone:
 //! its inputs are read back, tract runs it, its outputs are written back.
 //! [`GpuShareExec::placements`] says which groups run where.
@@ -152,6 +153,29 @@ fn host_rel_diff(got: &[HostTensor], want: &[HostTensor]) -> f32 {
         }
     }
     worst
+}
+
+/// Binds and records a kernel on its tensors without submitting anything, so that a
+/// validation error (a binding too small, a grid over the adapter's limits) shows at load
+/// rather than at the first request.
+fn dry_run(
+    ctx: &GpuContext,
+    k: &GpuKernel,
+    inputs: &[GpuTensor],
+    outputs: &[GpuTensor],
+) -> Result<(), String> {
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("moirai-dry-run"),
+        });
+    k.bind(ctx, inputs, outputs).encode(&mut enc, None);
+    drop(enc.finish());
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(format!("validation: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// Runs a CPU step: reads its activations back, runs tract, writes its outputs.
@@ -577,6 +601,10 @@ impl GpuShareExec {
                         Ok((k, outs))
                     })
                     .map_err(|e| e.to_string())
+                    .and_then(|(k, outs)| {
+                        dry_run(&ctx, &k, &ins, &outs)?;
+                        Ok((k, outs))
+                    })
             };
             let (runner, outs, on) = match gpu {
                 Ok((k, outs)) => (Runner::Gpu(k), outs, Where::Gpu),
