@@ -6,10 +6,11 @@
 //! initializers, and the values of the shape-only nodes the coarsener folds) is computed and
 //! uploaded once, every kernel is generated, compiled and recorded once on its tensors (a
 //! validation error shows here), and every activation gets its device buffer (a buffer is
-//! reused by a later tensor once its last reader has run). A group
-//! whose GPU kernel cannot be built runs on the CPU executor ([`CpuKernel`]) instead, alone:
-//! its inputs are read back, tract runs it, its outputs are written back.
-//! [`GpuShareExec::placements`] says which groups run where.
+//! reused by a later tensor once its last reader has run). A group whose GPU kernel cannot
+//! be built runs on the CPU executor ([`CpuKernel`]) instead, alone: its inputs are read
+//! back, tract runs it, its outputs are written back. [`GpuShareExec::placements`] says
+//! which groups run where; [`GpuShareExec::verify`] (optional) also checks every GPU kernel
+//! against tract and moves a kernel that differs to the CPU.
 //!
 //! A request ([`GpuShareExec::run`]) writes the share's inputs into their buffers, records
 //! every kernel into one command buffer (split only around CPU groups), and reads back the
