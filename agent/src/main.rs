@@ -111,6 +111,33 @@ enum Command {
     Adapters,
     /// Serve distributed inference: run this agent's share of the plan with its weights.
     InferWorker(moirai_agent::exec::worker::WorkerArgs),
+    /// Per-request latency of a share on the GPU executor and on tract, and how far their
+    /// outputs are apart.
+    BenchShare {
+        /// The ONNX model (weights inside).
+        #[arg(long)]
+        model: PathBuf,
+        /// The model's input (TensorProto; default: test_data_set_0/input_0.pb beside the
+        /// model, else random values).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Cut the model into this many shares of consecutive fused groups...
+        #[arg(long, default_value_t = 1)]
+        stages: usize,
+        /// ...and measure this one (1-based).
+        #[arg(long, default_value_t = 1)]
+        stage: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[arg(long, default_value_t = 3)]
+        warmups: usize,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Also check every GPU kernel against tract at load (part of the load time); a
+        /// kernel differing by more than this (relative) runs on the CPU.
+        #[arg(long)]
+        verify: Option<f32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -290,6 +317,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::BenchShare {
+            model,
+            input,
+            stages,
+            stage,
+            device,
+            warmups,
+            runs,
+            verify,
+        } => bench_share(
+            &model,
+            input,
+            (stages, stage),
+            &device,
+            moirai_agent::exec::compare::BenchOptions {
+                warmups,
+                runs,
+                verify,
+            },
+        ),
         Command::BenchKernels {
             device,
             n,
@@ -316,6 +363,87 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `moirai-agent bench-share`.
+fn bench_share(
+    path: &std::path::Path,
+    input: Option<PathBuf>,
+    (stages, stage): (usize, usize),
+    device: &DeviceArgs,
+    opts: moirai_agent::exec::compare::BenchOptions,
+) -> anyhow::Result<()> {
+    use moirai_agent::exec::compare::{self, Feed};
+    use moirai_orchestrator::infer::{model::InferModel, tensor};
+    let model = InferModel::load(path).with_context(|| format!("loading {}", path.display()))?;
+    let shares = compare::stage_shares(&model, stages)?;
+    if stage == 0 || stage > shares.len() {
+        bail!("--stage must be in 1..={}", shares.len());
+    }
+    let mut feed = Feed::new();
+    let default_input = path
+        .parent()
+        .map(|d| d.join("test_data_set_0/input_0.pb"))
+        .filter(|p| p.is_file() && model.inputs().len() == 1);
+    match input.or(default_input) {
+        Some(p) => {
+            let t = tensor::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            println!("input {} from {}", model.inputs()[0].name, p.display());
+            feed.insert(model.inputs()[0].name.clone(), (t.dims, t.values));
+        }
+        None => {
+            let mut rng = fastrand::Rng::with_seed(1);
+            for t in model.inputs() {
+                let n = t.elements() as usize;
+                println!("input {} {:?}: random values", t.name, t.dims);
+                let v = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
+                feed.insert(t.name.clone(), (t.dims.clone(), v));
+            }
+        }
+    }
+    let (spec, _) = &shares[stage - 1];
+    println!(
+        "{}: share {stage}/{} of {} ONNX nodes, {} weight bytes",
+        model.onnx.name,
+        shares.len(),
+        spec.nodes.len(),
+        spec.weight_bytes
+    );
+    let ctx = open_device(device)?.map(std::sync::Arc::new);
+    let b = compare::bench_share(ctx, &shares, stage - 1, feed, opts)?;
+    let line = |name: &str, t: &compare::Timing| {
+        println!(
+            "{name:<14} load {:>8.1} ms; per request over {} runs: min {:.2} ms, p50 {:.2} ms, p90 {:.2} ms",
+            t.load_ms,
+            t.runs_ms.len(),
+            t.min(),
+            t.percentile(50.0),
+            t.percentile(90.0)
+        )
+    };
+    if let Some(p) = &b.gpu_placement {
+        println!("GPU executor: {p}");
+    }
+    if let (Some(tol), Some(_)) = (opts.verify, &b.gpu) {
+        println!(
+            "kernels checked against tract at load: {} differ by more than {tol:e}",
+            b.mismatches.len()
+        );
+        for m in &b.mismatches {
+            println!("  {} ({}): {:e}", m.group, m.pattern, m.rel_diff);
+        }
+    }
+    if let Some(g) = &b.gpu {
+        line("GPU executor", g);
+    }
+    line("tract", &b.tract);
+    if let (Some(g), Some(d)) = (&b.gpu, b.max_rel_diff) {
+        println!(
+            "GPU/tract p50 latency {:.2}x; outputs differ by {d:e} relative (max|gpu - tract| / max|tract|)",
+            g.percentile(50.0) / b.tract.percentile(50.0)
+        );
+    }
+    Ok(())
 }
 
 fn short(s: &str, n: usize) -> String {

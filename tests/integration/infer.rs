@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moirai_agent::exec::worker::{self, WorkerOptions};
+use moirai_agent::exec::worker::{self, ExecutorChoice, WorkerOptions};
+use moirai_agent::gpu::AdapterChoice;
 use moirai_orchestrator::infer::model::{InferModel, Placement};
 use moirai_orchestrator::infer::requests::Tensor;
 use moirai_orchestrator::infer::run::pipelined;
@@ -52,6 +53,8 @@ struct AgentSpec {
     local_copy: bool,
     memory_mb: Option<u64>,
     slowdown: Duration,
+    /// Shares on the GPU executor (wgpu; tract when the machine has no adapter).
+    gpu: bool,
 }
 
 fn agent(name: &'static str, board: &'static str) -> AgentSpec {
@@ -61,6 +64,7 @@ fn agent(name: &'static str, board: &'static str) -> AgentSpec {
         local_copy: true,
         memory_mb: None,
         slowdown: Duration::ZERO,
+        gpu: false,
     }
 }
 
@@ -86,6 +90,14 @@ fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
             vec![]
         },
         slowdown: a.slowdown,
+        executor: if a.gpu {
+            ExecutorChoice::Wgpu {
+                adapter: AdapterChoice::from_env(),
+                verify: false,
+            }
+        } else {
+            ExecutorChoice::Tract
+        },
     };
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(worker::run(opts, async {
@@ -188,23 +200,22 @@ fn tiny() -> PathBuf {
     repo_root().join("tests/fixtures/onnx/tiny-cnn")
 }
 
-async fn runs_across_three_agents(dir: PathBuf, stream_one: bool) {
+async fn runs_across_three_agents(dir: PathBuf, stream_one: bool, gpu: bool) {
     let path = dir.join("model.onnx");
     let model = Arc::new(InferModel::load(&path).expect("model loads"));
     let c = case(dir, &model);
     let mut third = agent("jetson-1", "jetson-orin-nano");
     // One agent has no local copy: its weights are streamed, chunked and checksummed.
     third.local_copy = !stream_one;
-    let mut fleet = start_fleet(
-        model.clone(),
-        &path,
-        &[
-            agent("pi5-1", "raspberry-pi-5"),
-            agent("pi4-1", "raspberry-pi-4"),
-            third,
-        ],
-    )
-    .await;
+    let mut agents = [
+        agent("pi5-1", "raspberry-pi-5"),
+        agent("pi4-1", "raspberry-pi-4"),
+        third,
+    ];
+    for a in &mut agents {
+        a.gpu = gpu;
+    }
+    let mut fleet = start_fleet(model.clone(), &path, &agents).await;
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         fleet.handle.infer(vec![c.input.clone()]),
@@ -237,8 +248,9 @@ async fn runs_across_three_agents(dir: PathBuf, stream_one: bool) {
     }
     let d = rel_diff(&out.outputs[0], &c.output);
     println!(
-        "{}: {planned}; output {:?}, largest relative difference {d:e}, latency {:.1} ms",
+        "{} ({}): {planned}; output {:?}, largest relative difference {d:e}, latency {:.1} ms",
         c.dir.display(),
+        if gpu { "GPU executor" } else { "tract" },
         out.outputs[0].dims,
         out.latency.as_secs_f64() * 1e3
     );
@@ -248,7 +260,7 @@ async fn runs_across_three_agents(dir: PathBuf, stream_one: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_with_weights_run_across_three_agents_and_match_their_reference() {
-    runs_across_three_agents(tiny(), true).await;
+    runs_across_three_agents(tiny(), true, false).await;
     let shared = repo_root().join("../shared/models/with-weights");
     if !shared.is_dir() {
         println!(
@@ -264,8 +276,25 @@ async fn models_with_weights_run_across_three_agents_and_match_their_reference()
             continue;
         }
         // squeezenet's third agent gets its 5 MB of weights streamed in 256 KiB chunks.
-        runs_across_three_agents(dir, m == "squeezenet1_1").await;
+        runs_across_three_agents(dir, m == "squeezenet1_1", false).await;
     }
+}
+
+/// The same fleet with every agent on the GPU executor (fused WGSL kernels on lavapipe in
+/// CI; tract, saying so, on a machine without any adapter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_run_across_three_agents_on_the_gpu_executor_and_match_their_reference() {
+    match moirai_agent::gpu::GpuContext::open(&AdapterChoice::from_env()) {
+        Ok(ctx) => println!("GPU executor on {}", ctx.report()),
+        Err(e) => println!("no adapter ({e}): the agents fall back to tract"),
+    }
+    runs_across_three_agents(tiny(), false, true).await;
+    let shared = repo_root().join("../shared/models/with-weights/mobilenet_v2");
+    if !shared.join("model.onnx").is_file() {
+        println!("skipping mobilenet_v2: {} is absent", shared.display());
+        return;
+    }
+    runs_across_three_agents(shared, true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,13 @@
 //! Execution of kernels on the host: tensors in host memory ([`host::HostTensor`]), sample
 //! inputs for a signature ([`host::sample_inputs`]), and the tract CPU executor
-//! ([`cpu::CpuKernel`]); a plan's share run for real with its weights ([`subgraph`]) and the
-//! inference loop that feeds it over MQTT ([`worker`]).
+//! ([`cpu::CpuKernel`]); a plan's share run for real with its weights, on tract
+//! ([`subgraph`]) or on wgpu with per-group CPU fallback ([`gpu_share`]), and the inference
+//! loop that feeds it over MQTT ([`worker`]); the two executors timed side by side
+//! ([`compare`]).
 
+pub mod compare;
 pub mod cpu;
+pub mod gpu_share;
 pub mod host;
 pub mod subgraph;
 pub mod worker;

@@ -12,7 +12,12 @@
 //!   chunks, to the peers and the orchestrator that need it.
 //!
 //! Loading and running happen on one executor thread so the MQTT loop keeps answering the
-//! broker; the loop itself only moves bytes.
+//! broker; the loop itself only moves bytes. That thread owns the executor: with
+//! [`ShareBackend::Wgpu`] (the default) it opens the wgpu adapter and runs shares on
+//! [`GpuShareExec`] (fused WGSL kernels, a group the GPU cannot run on tract alone); on a board
+//! without an adapter, with `--backend cpu`, or when a share cannot load on the GPU at all, on
+//! tract ([`SubgraphExec`], also the reference). The Birth names the adapter and backend that
+//! run the shares (`cpu`/`cpu` for tract).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -32,7 +37,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tract_onnx::pb;
 
+use super::gpu_share::GpuShareExec;
 use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
+use crate::gpu::context::{AdapterChoice, GpuContext};
 
 /// Plan epochs kept loaded.
 const KEEP_EPOCHS: usize = 3;
@@ -69,6 +76,117 @@ pub struct WorkerOptions {
     /// Extra time per request, to emulate a slower board (tests use it to keep requests in
     /// flight long enough to kill an agent under them).
     pub slowdown: Duration,
+    /// Which executor runs the shares.
+    pub executor: ExecutorChoice,
+}
+
+/// Which executor runs the shares.
+#[derive(Clone, Debug, Default)]
+pub enum ExecutorChoice {
+    /// The wgpu adapter so chosen, or tract when the board has none. With `verify`, each
+    /// share's kernels are checked against tract at load ([`GpuShareExec::verify`]).
+    Wgpu {
+        adapter: AdapterChoice,
+        verify: bool,
+    },
+    /// Tract only.
+    #[default]
+    Tract,
+}
+
+/// `--backend` of `moirai-agent infer-worker`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShareBackend {
+    /// Fused WGSL kernels on the wgpu adapter (tract when there is none).
+    #[default]
+    Wgpu,
+    /// Tract on the CPU.
+    Cpu,
+}
+
+/// A loaded share on one of the two executors.
+enum Share {
+    Tract(SubgraphExec),
+    Gpu(GpuShareExec),
+}
+
+impl Share {
+    fn run(&self, inputs: &HashMap<String, (Vec<u64>, Vec<f32>)>) -> Result<NamedTensors, String> {
+        match self {
+            Share::Tract(e) => e.run(inputs).map_err(|e| e.to_string()),
+            Share::Gpu(e) => e.run(inputs).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The adapter and backend a Birth reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutorInfo {
+    pub adapter: String,
+    pub backend: String,
+}
+
+/// Opens the executor `choice` names: the GPU context, or none for tract.
+fn open_executor(choice: &ExecutorChoice) -> (Option<Arc<GpuContext>>, ExecutorInfo) {
+    let tract = ExecutorInfo {
+        adapter: "cpu".into(),
+        backend: "cpu".into(),
+    };
+    match choice {
+        ExecutorChoice::Tract => (None, tract),
+        ExecutorChoice::Wgpu { adapter, .. } => match GpuContext::open(adapter) {
+            Ok(ctx) => {
+                let info = ExecutorInfo {
+                    adapter: ctx.info.name.clone(),
+                    backend: format!("{:?}", ctx.info.backend).to_lowercase(),
+                };
+                info!(adapter = %info.adapter, backend = %info.backend, "shares run on the GPU executor");
+                (Some(Arc::new(ctx)), info)
+            }
+            Err(e) => {
+                warn!(error = %e, "no GPU for the shares; they run on tract");
+                (None, tract)
+            }
+        },
+    }
+}
+
+/// Tolerance of `--verify-kernels` (max|gpu - tract| / max|tract| per kernel).
+const VERIFY_TOL: f32 = 1e-3;
+
+/// Loads a share on the GPU when there is one (tract for the whole share if the GPU
+/// executor refuses it), else on tract.
+fn load_share(
+    gpu: Option<&Arc<GpuContext>>,
+    verify: bool,
+    sub: &pb::ModelProto,
+    spec: &SubgraphSpec,
+) -> Result<Share, String> {
+    if let Some(ctx) = gpu {
+        let loaded = GpuShareExec::load(ctx.clone(), sub, spec).and_then(|mut exec| {
+            if verify {
+                let bad = exec.verify(VERIFY_TOL)?;
+                info!(
+                    epoch = spec.epoch,
+                    differing = bad.len(),
+                    "kernels checked against tract"
+                );
+            }
+            Ok(exec)
+        });
+        match loaded {
+            Ok(exec) => {
+                info!(epoch = spec.epoch, placement = %exec.summary(), "share on the GPU executor");
+                return Ok(Share::Gpu(exec));
+            }
+            Err(e) => {
+                warn!(epoch = spec.epoch, error = %e, "the GPU executor refused the share; it runs on tract")
+            }
+        }
+    }
+    SubgraphExec::load(sub, spec)
+        .map(Share::Tract)
+        .map_err(|e| e.to_string())
 }
 
 /// A local model copy: its bytes, decoded once.
@@ -107,18 +225,24 @@ enum Done {
     },
 }
 
-/// The executor thread: owns the compiled shares.
+/// The executor thread: owns the GPU context (if any) and the compiled shares. It reports
+/// what runs the shares on `opened` first.
 fn executor(
+    choice: ExecutorChoice,
+    opened: tokio::sync::oneshot::Sender<ExecutorInfo>,
     jobs: std::sync::mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Done>,
     slowdown: Duration,
 ) {
-    let mut loaded: VecDeque<(u64, SubgraphExec)> = VecDeque::new();
+    let (gpu, info) = open_executor(&choice);
+    let verify = matches!(choice, ExecutorChoice::Wgpu { verify: true, .. });
+    let _ = opened.send(info);
+    let mut loaded: VecDeque<(u64, Share)> = VecDeque::new();
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Load { spec, source } => {
                 let t0 = Instant::now();
-                let result = (|| -> Result<SubgraphExec, String> {
+                let result = (|| -> Result<Share, String> {
                     let sub = match source {
                         ModelSource::Local(full) => {
                             submodel::extract(&full, &spec).map_err(|e| e.to_string())?
@@ -127,7 +251,7 @@ fn executor(
                             submodel::decode_model(&bytes).map_err(|e| e.to_string())?
                         }
                     };
-                    SubgraphExec::load(&sub, &spec).map_err(|e| e.to_string())
+                    load_share(gpu.as_ref(), verify, &sub, &spec)
                 })();
                 let result = result.map(|exec| {
                     loaded.retain(|(e, _)| *e != spec.epoch);
@@ -241,15 +365,20 @@ pub async fn run(
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let slowdown = opts.slowdown;
+    let choice = opts.executor.clone();
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
     let exec_thread = std::thread::Builder::new()
         .name(format!("exec-{}", opts.name))
-        .spawn(move || executor(job_rx, done_tx, slowdown))
+        .spawn(move || executor(choice, opened_tx, job_rx, done_tx, slowdown))
         .map_err(WorkerError::Runtime)?;
+    let exec_info = opened_rx.await.map_err(|_| {
+        WorkerError::Runtime(std::io::Error::other("the executor thread ended at start"))
+    })?;
     let birth = Birth {
         name: name.clone(),
         board: truncated(&opts.board),
-        adapter: truncated("cpu"),
-        backend: truncated("cpu"),
+        adapter: truncated(&exec_info.adapter),
+        backend: truncated(&exec_info.backend),
         memory_bytes: opts.memory_bytes,
         peak_gflops: opts.peak_gflops,
         mem_gbps: opts.mem_gbps,
@@ -526,6 +655,18 @@ pub struct WorkerArgs {
     /// Memory for the share in MiB instead of the board's usable memory.
     #[arg(long)]
     pub memory_mb: Option<u64>,
+    /// Executor of the shares: wgpu (fused WGSL kernels; tract when no adapter exists) or
+    /// cpu (tract).
+    #[arg(long, value_enum, default_value = "wgpu")]
+    pub backend: ShareBackend,
+    /// Pick the adapter whose name contains this text (else MOIRAI_ADAPTER, else: discrete >
+    /// integrated > CPU).
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Check every GPU kernel of a share against tract when it loads; a kernel that differs
+    /// runs on the CPU (slower loads).
+    #[arg(long)]
+    pub verify_kernels: bool,
     #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
     pub prefix: String,
 }
@@ -552,6 +693,16 @@ impl WorkerArgs {
             mem_gbps: board.memory.bandwidth_gbps as f32,
             models: self.model.clone(),
             slowdown: Duration::ZERO,
+            executor: match self.backend {
+                ShareBackend::Cpu => ExecutorChoice::Tract,
+                ShareBackend::Wgpu => ExecutorChoice::Wgpu {
+                    adapter: match &self.adapter {
+                        Some(a) => AdapterChoice::NameContains(a.clone()),
+                        None => AdapterChoice::from_env(),
+                    },
+                    verify: self.verify_kernels,
+                },
+            },
         })
     }
 }
@@ -565,4 +716,83 @@ pub fn run_blocking(args: WorkerArgs) -> Result<(), WorkerError> {
         .build()
         .map_err(WorkerError::Runtime)?;
     rt.block_on(run(opts, moirai_orchestrator::serve::signalled()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tract_is_reported_as_cpu_and_an_adapter_by_its_name_and_backend() {
+        let (gpu, info) = open_executor(&ExecutorChoice::Tract);
+        assert!(gpu.is_none());
+        assert_eq!(info.adapter, "cpu");
+        assert_eq!(info.backend, "cpu");
+        // The kernel tests' convention: no adapter fails unless MOIRAI_SKIP_GPU_TESTS is set.
+        let Some(ctx) = crate::kernels::testutil::gpu() else {
+            return;
+        };
+        let (gpu, info) = open_executor(&ExecutorChoice::Wgpu {
+            adapter: AdapterChoice::from_env(),
+            verify: false,
+        });
+        assert!(
+            gpu.is_some(),
+            "an adapter exists but the worker did not open it"
+        );
+        assert_eq!(info.adapter, ctx.info.name);
+        assert_eq!(
+            info.backend,
+            format!("{:?}", ctx.info.backend).to_lowercase()
+        );
+        assert_ne!(info.backend, "cpu");
+    }
+
+    #[test]
+    fn the_cli_backend_chooses_the_executor() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            w: WorkerArgs,
+        }
+        let config = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../firmware-configs/raspberry-pi-5.toml"
+        );
+        let base = [
+            "x",
+            "--broker",
+            "mqtt://127.0.0.1:1883",
+            "--name",
+            "a",
+            "--config",
+            config,
+        ];
+        let parse = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Cli::try_parse_from(args)
+                .expect("parses")
+                .w
+                .options()
+                .expect("options")
+                .executor
+        };
+        assert!(matches!(
+            parse(&[]),
+            ExecutorChoice::Wgpu { verify: false, .. }
+        ));
+        assert!(matches!(
+            parse(&["--verify-kernels"]),
+            ExecutorChoice::Wgpu { verify: true, .. }
+        ));
+        assert!(matches!(
+            parse(&["--backend", "cpu"]),
+            ExecutorChoice::Tract
+        ));
+        assert!(matches!(
+            parse(&["--adapter", "llvm"]),
+            ExecutorChoice::Wgpu { adapter: AdapterChoice::NameContains(a), .. } if a == "llvm"
+        ));
+    }
 }

@@ -88,7 +88,8 @@ pub struct ConnectArgs {
     /// MQTT keep-alive in seconds (the broker publishes the Last Will after 1.5x this).
     #[arg(long, default_value_t = 5)]
     pub keep_alive_s: u64,
-    /// Profile on the CPU executor even when a GPU adapter exists.
+    /// Profile (and, with --infer, run shares) on the CPU executor even when a GPU adapter
+    /// exists.
     #[arg(long)]
     pub cpu: bool,
     /// Bytes of the link probe.
@@ -160,6 +161,14 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
             mem_gbps: cfg.board.memory.bandwidth_gbps as f32,
             models: args.infer_model.clone(),
             slowdown: Duration::ZERO,
+            executor: if args.cpu {
+                crate::exec::worker::ExecutorChoice::Tract
+            } else {
+                crate::exec::worker::ExecutorChoice::Wgpu {
+                    adapter: choice.clone(),
+                    verify: false,
+                }
+            },
         }),
     };
     cfg.rollout = RolloutSetup {

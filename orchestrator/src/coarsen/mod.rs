@@ -112,6 +112,9 @@ pub struct FusedGroup {
     pub initializers: Vec<String>,
     /// Tensors leaving: read by other groups, or graph outputs.
     pub outputs: Vec<String>,
+    /// The tensor behind each input of `signature`, in signature order (what an executor
+    /// binds to the kernel; on chain backends the chain's operands, see [`chain::Step`]).
+    pub operands: Vec<String>,
     pub signature: KernelSignature,
     /// Bytes of `params`.
     pub param_bytes: u64,
@@ -452,6 +455,10 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
         } else {
             None
         };
+        let operands: Vec<String> = match &steps {
+            Some(steps) => steps.iter().flat_map(|s| s.operands.clone()).collect(),
+            None => boundary.clone(),
+        };
         let (sig_nodes, sig_inputs): (Vec<FusedNode>, Vec<TensorShape>) = match &steps {
             Some(steps) => (
                 steps
@@ -507,6 +514,7 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
             params,
             initializers,
             outputs,
+            operands,
             signature,
         });
     }

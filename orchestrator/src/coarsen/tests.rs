@@ -205,6 +205,23 @@ fn the_wgpu_signature_lists_operands_in_chain_order() {
 }
 
 #[test]
+fn operands_name_the_tensor_behind_each_signature_input_on_both_backends() {
+    let m = import(feed_forward());
+    let wgpu = coarsen(&m, &RuleSet::wgpu());
+    // The GELU's constants are not operands: the kernel has them built in.
+    assert_eq!(wgpu.groups[0].operands, ["x", "w1", "b1"]);
+    for b in Backend::ALL {
+        let c = coarsen(&m, &RuleSet::for_backend(b));
+        for g in &c.groups {
+            let shapes: Vec<&TensorShape> =
+                g.operands.iter().map(|t| m.shape(t).unwrap()).collect();
+            let want: Vec<&TensorShape> = g.signature.inputs.iter().collect();
+            assert_eq!(shapes, want, "{b}: group {}", g.name);
+        }
+    }
+}
+
+#[test]
 fn without_a_detour_the_same_eltwise_pair_fuses() {
     let m = import(
         ModelBuilder::new("chain")

@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// The moirai-agent binary (default: next to this one).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// Executor of the agents' shares: wgpu (fused WGSL kernels on the machine's adapter;
+    /// tract when it has none) or cpu (tract).
+    #[arg(long, default_value = "wgpu", value_parser = ["wgpu", "cpu"])]
+    pub agent_backend: String,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
@@ -126,13 +130,14 @@ pub fn agent_binary(given: Option<&Path>) -> Result<PathBuf, RunError> {
     crate::local_agent::agent_binary(given).map_err(RunError::NoAgent)
 }
 
-/// Starts `moirai-agent infer-worker` as a child process; logs go to `log`.
+/// Starts `moirai-agent infer-worker --backend BACKEND` as a child process; logs go to `log`.
 pub fn spawn_agent(
     bin: &Path,
     broker: &BrokerAddr,
     name: &str,
     config: &Path,
     model: Option<&Path>,
+    backend: &str,
     log: &Path,
 ) -> Result<AgentProcess, RunError> {
     if !config.is_file() {
@@ -149,6 +154,7 @@ pub fn spawn_agent(
         .args(["--broker", &broker.to_string(), "--name", name])
         .arg("--config")
         .arg(config)
+        .args(["--backend", backend])
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err);
@@ -365,6 +371,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                 &name,
                 &config,
                 local,
+                &args.agent_backend,
                 &logs.join(format!("{name}.log")),
             )?);
         }

@@ -1,0 +1,262 @@
+//! The GPU executor against tract on the same share: per-request latency of each and how far
+//! their outputs are apart (`moirai-agent bench-share`).
+//!
+//! A model is cut into `stages` shares of consecutive fused groups (the groups of the
+//! orchestrator's coarsening, as `moirai run --placement pipeline` cuts it); the share to
+//! measure gets its real inputs by running the earlier shares on tract.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use moirai_orchestrator::infer::model::InferModel;
+use moirai_orchestrator::infer::split::{split, SplitError};
+use moirai_orchestrator::infer::submodel::{self, SubmodelError};
+use moirai_shared::wire::data::SubgraphSpec;
+use tract_onnx::pb;
+
+use super::gpu_share::{GpuShareError, GpuShareExec, Mismatch};
+use super::subgraph::{NamedTensors, SubgraphError, SubgraphExec};
+use crate::gpu::context::GpuContext;
+
+/// Why a comparison could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("cannot cut the model into {stages} stage(s): {source}")]
+    Split {
+        stages: usize,
+        #[source]
+        source: SplitError,
+    },
+    #[error("stage {stage}: {source}")]
+    Submodel {
+        stage: usize,
+        #[source]
+        source: SubmodelError,
+    },
+    #[error("the model has {groups} fused groups: it cannot make {stages} stages")]
+    Stages { groups: usize, stages: usize },
+    #[error("stage {stage} on tract: {source}")]
+    Tract {
+        stage: usize,
+        #[source]
+        source: SubgraphError,
+    },
+    #[error("stage {stage} on the GPU executor: {source}")]
+    Gpu {
+        stage: usize,
+        #[source]
+        source: Box<GpuShareError>,
+    },
+}
+
+/// One share: its spec and its sub-model.
+pub type Share = (SubgraphSpec, pb::ModelProto);
+
+/// Inputs of a request by tensor name.
+pub type Feed = HashMap<String, (Vec<u64>, Vec<f32>)>;
+
+/// The model cut into `stages` shares of consecutive groups (as equal in group count as
+/// can be), in pipeline order.
+pub fn stage_shares(model: &InferModel, stages: usize) -> Result<Vec<Share>, CompareError> {
+    let groups = model.coarse.groups.len();
+    if stages == 0 || stages > groups {
+        return Err(CompareError::Stages { groups, stages });
+    }
+    let name = |s: usize| format!("stage{s}");
+    let placement: BTreeMap<String, String> = model
+        .coarse
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.name.clone(), name(i * stages / groups)))
+        .collect();
+    let cut = split(
+        &model.onnx,
+        &model.coarse,
+        &placement,
+        1,
+        model.sha256,
+        0.0,
+        |n| model.weight_bytes(n),
+    )
+    .map_err(|source| CompareError::Split { stages, source })?;
+    (0..stages)
+        .map(|s| {
+            let spec = cut
+                .specs
+                .get(&name(s))
+                .cloned()
+                .ok_or(CompareError::Stages { groups, stages })?;
+            let sub = submodel::extract(model.proto(), &spec)
+                .map_err(|source| CompareError::Submodel { stage: s, source })?;
+            Ok((spec, sub))
+        })
+        .collect()
+}
+
+/// Adds a request's outputs to what is known.
+pub fn absorb(known: &mut Feed, outputs: NamedTensors) {
+    for (name, dims, values) in outputs {
+        known.insert(name, (dims, values));
+    }
+}
+
+/// Latencies of one executor, in milliseconds, sorted.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub load_ms: f64,
+    pub runs_ms: Vec<f64>,
+}
+
+impl Timing {
+    /// Nearest-rank percentile.
+    pub fn percentile(&self, p: f64) -> f64 {
+        if self.runs_ms.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * self.runs_ms.len() as f64).ceil() as usize;
+        self.runs_ms[rank.clamp(1, self.runs_ms.len()) - 1]
+    }
+
+    pub fn min(&self) -> f64 {
+        self.runs_ms.first().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// What `bench-share` measured.
+#[derive(Clone, Debug)]
+pub struct ShareBench {
+    pub tract: Timing,
+    /// Absent without an adapter.
+    pub gpu: Option<Timing>,
+    /// Which groups the GPU executor runs where (its summary line).
+    pub gpu_placement: Option<String>,
+    /// max|gpu - tract| / max|tract| over the share's outputs.
+    pub max_rel_diff: Option<f32>,
+    /// Kernels that failed the load-time check (when asked for), now on the CPU.
+    pub mismatches: Vec<Mismatch>,
+}
+
+fn time<E>(
+    warmups: usize,
+    runs: usize,
+    mut f: impl FnMut() -> Result<NamedTensors, E>,
+) -> Result<(Vec<f64>, NamedTensors), E> {
+    let mut last = f()?;
+    for _ in 1..warmups {
+        last = f()?;
+    }
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        last = f()?;
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((ms, last))
+}
+
+/// max|got - want| / max|want| over matching tensors.
+pub fn max_rel_diff(got: &NamedTensors, want: &NamedTensors) -> f32 {
+    let mut worst = 0.0f32;
+    for (name, _, w) in want {
+        let Some((_, _, g)) = got.iter().find(|(n, _, _)| n == name) else {
+            return f32::INFINITY;
+        };
+        if g.len() != w.len() {
+            return f32::INFINITY;
+        }
+        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let d = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| {
+                if a.is_nan() {
+                    f32::INFINITY
+                } else {
+                    (a - b).abs()
+                }
+            })
+            .fold(0.0, f32::max);
+        worst = worst.max(d / scale);
+    }
+    worst
+}
+
+/// How to run [`bench_share`].
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    pub warmups: usize,
+    pub runs: usize,
+    /// Check each GPU kernel against tract at load with this tolerance
+    /// ([`GpuShareExec::verify`]).
+    pub verify: Option<f32>,
+}
+
+/// Loads `shares[stage]` on tract and (with `gpu`) on the GPU executor, feeds both the same
+/// request (`feed` holds the model inputs; earlier stages run on tract to make theirs) and
+/// times `runs` requests on each after `warmups`.
+pub fn bench_share(
+    gpu: Option<Arc<GpuContext>>,
+    shares: &[Share],
+    stage: usize,
+    mut feed: Feed,
+    opts: BenchOptions,
+) -> Result<ShareBench, CompareError> {
+    let BenchOptions {
+        warmups,
+        runs,
+        verify,
+    } = opts;
+    for (s, (spec, sub)) in shares.iter().enumerate().take(stage) {
+        let tract_err = |source| CompareError::Tract { stage: s, source };
+        let exec = SubgraphExec::load(sub, spec).map_err(tract_err)?;
+        let out = exec.run(&feed).map_err(tract_err)?;
+        absorb(&mut feed, out);
+    }
+    let (spec, sub) = shares.get(stage).ok_or(CompareError::Stages {
+        groups: 0,
+        stages: shares.len(),
+    })?;
+    let tract_err = |source| CompareError::Tract { stage, source };
+    let t0 = Instant::now();
+    let tract = SubgraphExec::load(sub, spec).map_err(tract_err)?;
+    let tract_load = t0.elapsed().as_secs_f64() * 1e3;
+    let (tract_ms, want) = time(warmups, runs, || tract.run(&feed)).map_err(tract_err)?;
+    let tract = Timing {
+        load_ms: tract_load,
+        runs_ms: tract_ms,
+    };
+    let Some(ctx) = gpu else {
+        return Ok(ShareBench {
+            tract,
+            gpu: None,
+            gpu_placement: None,
+            max_rel_diff: None,
+            mismatches: Vec::new(),
+        });
+    };
+    let gpu_err = |source| CompareError::Gpu {
+        stage,
+        source: Box::new(source),
+    };
+    let t0 = Instant::now();
+    let mut exec = GpuShareExec::load(ctx, sub, spec).map_err(gpu_err)?;
+    let mismatches = match verify {
+        Some(tol) => exec.verify(tol).map_err(gpu_err)?,
+        None => Vec::new(),
+    };
+    let gpu_load = t0.elapsed().as_secs_f64() * 1e3;
+    let (gpu_ms, got) = time(warmups, runs, || exec.run(&feed)).map_err(gpu_err)?;
+    Ok(ShareBench {
+        tract,
+        gpu: Some(Timing {
+            load_ms: gpu_load,
+            runs_ms: gpu_ms,
+        }),
+        gpu_placement: Some(exec.summary()),
+        max_rel_diff: Some(max_rel_diff(&got, &want)),
+        mismatches,
+    })
+}
