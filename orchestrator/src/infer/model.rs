@@ -40,8 +40,18 @@ pub struct InferModel {
 }
 
 impl InferModel {
-    /// Reads, hashes, imports and coarsens the model file.
+    /// Reads, hashes, imports and coarsens the model file with the fusion rules of the
+    /// agents' default executor (wgpu: the fused WGSL kernels).
     pub fn load(path: &Path) -> Result<Self, InferError> {
+        Self::load_for(path, moirai_shared::device::Backend::Wgpu)
+    }
+
+    /// [`InferModel::load`] for agents running `executor`: its fusion rules make the groups,
+    /// so the kernel keys match what `moirai-agent profile --backend <executor>` measures.
+    pub fn load_for(
+        path: &Path,
+        executor: moirai_shared::device::Backend,
+    ) -> Result<Self, InferError> {
         let bytes = std::fs::read(path).map_err(|source| InferError::Read {
             path: path.to_path_buf(),
             source,
@@ -55,9 +65,7 @@ impl InferModel {
         let onnx = crate::import::onnx::from_proto(&proto, path, &opts)?;
         let coarse = crate::coarsen::coarsen(
             &onnx,
-            // Agents execute on the CPU (tract): its fusion rules make the groups, so the
-            // kernel keys match what `moirai-agent profile --backend cpu` measures.
-            &crate::coarsen::rules::RuleSet::for_backend(moirai_shared::device::Backend::Cpu),
+            &crate::coarsen::rules::RuleSet::for_backend(executor),
         );
         let fleet = FleetModel::from_coarse(&coarse);
         let spec = |t: &String| -> Result<TensorSpec, InferError> {

@@ -57,8 +57,9 @@ pub struct RunArgs {
     pub boards: Vec<String>,
     #[arg(long, default_value = "firmware-configs")]
     pub configs: PathBuf,
-    /// Measured kernel times (`moirai-profiles/v1`, from `moirai-agent profile --backend cpu
-    /// --board BOARD`) the plan uses instead of the roofline where it has them.
+    /// Measured kernel times (`moirai-profiles/v1`, from `moirai-agent profile --backend
+    /// <the agents' backend> --board BOARD`) the plan uses instead of the roofline where it
+    /// has them.
     #[arg(long)]
     pub profiles: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "pipeline")]
@@ -279,7 +280,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     let t_start = Instant::now();
     let bin = agent_binary(args.agent_bin.as_deref())?;
-    let model = Arc::new(InferModel::load(&args.model)?);
+    let executor = if args.agent_backend == "cpu" {
+        moirai_shared::device::Backend::Cpu
+    } else {
+        moirai_shared::device::Backend::Wgpu
+    };
+    let model = Arc::new(InferModel::load_for(&args.model, executor)?);
     if args.input.len() != model.inputs().len() {
         return Err(RunError::Inputs {
             model: model.inputs().len(),
