@@ -13,12 +13,9 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The embedded broker logs every link that ends while it still routes to it
-    // ("router-drop ... Disconnected") as an error; agents leaving is normal here and the
-    // fleet reports it itself (deaths, wills). Shown from -vv on.
     let level = match cli.verbose {
-        0 => "warn,rumqttd::server::broker=off",
-        1 => "info,rumqttd::server::broker=off",
+        0 => "warn",
+        1 => "info",
         _ => "debug",
     };
     tracing_subscriber::fmt()
