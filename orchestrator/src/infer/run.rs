@@ -321,6 +321,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         host: broker.addr.ip().to_string(),
         port: broker.addr.port(),
     };
+    if args.serve.is_some() {
+        println!(
+            "embedded broker on mqtt://{}:{} (`moirai fleet --broker mqtt://{}:{}` shows the serving figures)",
+            addr.host, addr.port, addr.host, addr.port
+        );
+    }
     let opts = SessionOptions {
         broker: addr.clone(),
         prefix: moirai_shared::wire::topic::DEFAULT_PREFIX.into(),
