@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use moirai_orchestrator::import::onnx::value_info;
 use moirai_shared::kernel::{AttrValue, DType, Dag, KernelSignature, Operand};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -37,42 +38,6 @@ pub struct CpuKernel {
     plan: Arc<TypedRunnableModel>,
     /// Signature inputs fed at run time (the others are baked-in constants).
     runtime_inputs: Vec<usize>,
-}
-
-fn onnx_dtype(d: DType) -> i32 {
-    use pb::tensor_proto::DataType as T;
-    (match d {
-        DType::F32 => T::Float,
-        DType::F16 => T::Float16,
-        DType::I64 => T::Int64,
-        DType::I32 => T::Int32,
-        DType::I8 => T::Int8,
-        DType::U8 => T::Uint8,
-        DType::Bool => T::Bool,
-    }) as i32
-}
-
-fn value_info(name: &str, dims: &[usize], dtype: DType) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    pb::ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: onnx_dtype(dtype),
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            denotation: String::new(),
-                            value: Some(Value::DimValue(d as i64)),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
-        ..Default::default()
-    }
 }
 
 fn i64_initializer(name: &str, values: &[i64]) -> pb::TensorProto {
@@ -392,13 +357,13 @@ fn assemble(
         initializer: inits,
         input: runtime
             .iter()
-            .map(|&j| value_info(&format!("in{j}"), &sig.inputs[j].dims, sig.inputs[j].dtype))
+            .map(|&j| value_info(&format!("in{j}"), &sig.inputs[j]))
             .collect(),
         output: sig
             .outputs
             .iter()
             .enumerate()
-            .map(|(o, t)| value_info(&format!("out{o}"), &t.dims, t.dtype))
+            .map(|(o, t)| value_info(&format!("out{o}"), t))
             .collect(),
         ..Default::default()
     };

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use moirai_orchestrator::coarsen::rules::RuleSet;
 use moirai_orchestrator::coarsen::{coarsen, CoarseGraph};
-use moirai_orchestrator::import::onnx::{self, ImportError, ImportOptions, OnnxModel};
+use moirai_orchestrator::import::onnx::{self, value_info, ImportError, ImportOptions, OnnxModel};
 use moirai_shared::device::Backend;
 use moirai_shared::kernel::{DType, TensorShape};
 use moirai_shared::wire::data::{SubgraphSpec, TensorSpec};
@@ -221,20 +221,6 @@ pub struct GpuShareExec {
     pub activation_bytes: u64,
 }
 
-/// ONNX element type of a dtype.
-fn onnx_dtype(d: DType) -> i32 {
-    use pb::tensor_proto::DataType as T;
-    (match d {
-        DType::F32 => T::Float,
-        DType::F16 => T::Float16,
-        DType::I64 => T::Int64,
-        DType::I32 => T::Int32,
-        DType::I8 => T::Int8,
-        DType::U8 => T::Uint8,
-        DType::Bool => T::Bool,
-    }) as i32
-}
-
 fn datum(d: DType) -> DatumType {
     match d {
         DType::F32 => f32::datum_type(),
@@ -244,30 +230,6 @@ fn datum(d: DType) -> DatumType {
         DType::I8 => i8::datum_type(),
         DType::U8 => u8::datum_type(),
         DType::Bool => bool::datum_type(),
-    }
-}
-
-fn value_info(name: &str, shape: &TensorShape) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    pb::ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: onnx_dtype(shape.dtype),
-                shape: Some(pb::TensorShapeProto {
-                    dim: shape
-                        .dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            denotation: String::new(),
-                            value: Some(Value::DimValue(d as i64)),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
-        ..Default::default()
     }
 }
 

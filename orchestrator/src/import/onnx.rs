@@ -29,6 +29,7 @@ use proto::{
     attr_value, checked_shape, constant_shape, tensor_proto_shape, topo_order, value_info_shape,
     weight_data,
 };
+pub use shapes::{onnx_code, value_info};
 
 /// What the importer insists on.
 #[derive(Clone, Debug, Default)]

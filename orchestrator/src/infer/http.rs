@@ -51,15 +51,7 @@ struct InferReply {
 
 /// Prometheus text of the session's metrics.
 pub fn prometheus(m: &Metrics) -> String {
-    let mut measured: Vec<f64> = m.samples.iter().map(|s| s.0).collect();
-    measured.sort_by(f64::total_cmp);
-    let mut ratio: Vec<f64> = m
-        .samples
-        .iter()
-        .filter(|s| s.1 > 0.0)
-        .map(|s| s.0 / s.1)
-        .collect();
-    ratio.sort_by(f64::total_cmp);
+    let (measured, ratio) = m.sorted();
     let predicted = m.samples.last().map_or(0.0, |s| s.1);
     let mut out = String::new();
     fn metric(out: &mut String, name: &str, kind: &str, help: &str, lines: Vec<(String, f64)>) {

@@ -78,9 +78,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The figures `moirai fleet` shows: latency quantiles over the kept samples next to the
-    /// prediction of the plan that answered last.
-    pub fn stats(&self, taken_at_ms: u64) -> ServingStats {
+    /// The measured latencies, and measured over predicted (where a prediction exists), each
+    /// sorted: what quantiles are read from.
+    pub fn sorted(&self) -> (Vec<f64>, Vec<f64>) {
         let mut measured: Vec<f64> = self.samples.iter().map(|s| s.0).collect();
         measured.sort_by(f64::total_cmp);
         let mut ratio: Vec<f64> = self
@@ -90,6 +90,13 @@ impl Metrics {
             .map(|s| s.0 / s.1)
             .collect();
         ratio.sort_by(f64::total_cmp);
+        (measured, ratio)
+    }
+
+    /// The figures `moirai fleet` shows: latency quantiles over the kept samples next to the
+    /// prediction of the plan that answered last.
+    pub fn stats(&self, taken_at_ms: u64) -> ServingStats {
+        let (measured, ratio) = self.sorted();
         let q = |v: &[f64], p: f64| if v.is_empty() { 0.0 } else { percentile(v, p) };
         ServingStats {
             taken_at_ms,

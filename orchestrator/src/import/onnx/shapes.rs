@@ -97,7 +97,8 @@ fn dtype_of_datum(d: DatumType) -> Option<DType> {
     })
 }
 
-fn onnx_code(d: DType) -> i32 {
+/// The ONNX `TensorProto.DataType` code of a dtype.
+pub fn onnx_code(d: DType) -> i32 {
     use pb::tensor_proto::DataType as D;
     (match d {
         DType::F32 => D::Float,
@@ -111,7 +112,7 @@ fn onnx_code(d: DType) -> i32 {
 }
 
 /// A value_info declaring `shape` for `name`.
-pub(super) fn value_info(name: &str, shape: &TensorShape) -> pb::ValueInfoProto {
+pub fn value_info(name: &str, shape: &TensorShape) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
     pb::ValueInfoProto {
         name: name.to_string(),
