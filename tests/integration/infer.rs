@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moirai_agent::exec::worker::{self, ExecutorChoice, WorkerOptions};
+use moirai_agent::exec::direct::DirectStats;
+use moirai_agent::exec::worker::{self, DirectOptions, ExecutorChoice, WorkerOptions};
 use moirai_agent::gpu::AdapterChoice;
 use moirai_orchestrator::infer::model::{InferModel, Placement};
 use moirai_orchestrator::infer::requests::Tensor;
@@ -34,6 +35,8 @@ fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
 
 struct Agent {
     name: String,
+    /// Chunks over the direct TCP path (zeros without it).
+    direct: Arc<DirectStats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), worker::WorkerError>>,
 }
@@ -55,6 +58,8 @@ struct AgentSpec {
     slowdown: Duration,
     /// Shares on the GPU executor (wgpu; tract when the machine has no adapter).
     gpu: bool,
+    /// Activations to and from peers over direct TCP connections.
+    direct: bool,
 }
 
 fn agent(name: &'static str, board: &'static str) -> AgentSpec {
@@ -65,6 +70,7 @@ fn agent(name: &'static str, board: &'static str) -> AgentSpec {
         memory_mb: None,
         slowdown: Duration::ZERO,
         gpu: false,
+        direct: false,
     }
 }
 
@@ -98,13 +104,20 @@ fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
         } else {
             ExecutorChoice::Tract
         },
+        direct: a.direct.then(|| DirectOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+        }),
+        direct_stats: Arc::default(),
     };
+    let direct = opts.direct_stats.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(worker::run(opts, async {
         let _ = rx.await;
     }));
     Agent {
         name: a.name.into(),
+        direct,
         stop: Some(tx),
         task,
     }
@@ -579,4 +592,47 @@ fn every_op_of_the_reference_models_is_in_the_executors_op_set() {
         checked += 1;
     }
     println!("{checked} reference models: every op is in the CPU executor's op set");
+}
+
+/// The direct data path: activations between agents over TCP, the broker only for inputs and
+/// results. Same answers, and the chunks really took the direct path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_cross_between_agents_over_the_direct_path() {
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    let mut agents = [
+        agent("pi5-1", "raspberry-pi-5"),
+        agent("pi4-1", "raspberry-pi-4"),
+        agent("jetson-1", "jetson-orin-nano"),
+    ];
+    for a in &mut agents {
+        a.direct = true;
+    }
+    let fleet = start_fleet(model.clone(), &path, &agents).await;
+    for _ in 0..5 {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            fleet.handle.infer(vec![c.input.clone()]),
+        )
+        .await
+        .expect("answered in time")
+        .expect("inference succeeds");
+        assert!(rel_diff(&out.outputs[0], &c.output) <= TOL);
+    }
+    let (mut sent, mut fell_back, mut received) = (0, 0, 0);
+    for a in &fleet.agents {
+        let (s, f, r) = a.direct.snapshot();
+        println!("{}: direct sent {s}, fell back {f}, received {r}", a.name);
+        sent += s;
+        fell_back += f;
+        received += r;
+    }
+    // Three pipeline stages: at least two agent-to-agent hops per request.
+    assert!(
+        sent >= 10 && received == sent,
+        "sent {sent}, received {received}"
+    );
+    assert_eq!(fell_back, 0);
+    fleet.shutdown().await;
 }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use moirai_orchestrator::infer::submodel;
 use moirai_shared::wire::data::{
-    activation_chunks, ActivationChunk, Destination, ExecStatus, SubgraphSpec, TensorAssembly,
-    WeightAssembly, WeightChunk,
+    activation_chunks, ActivationChunk, Destination, DirectAddr, ExecStatus, SubgraphSpec,
+    TensorAssembly, WeightAssembly, WeightChunk,
 };
 use moirai_shared::wire::life::{Birth, Death};
 use moirai_shared::wire::topic::{agent_name, InferKind, InferTopic, Topics};
@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tract_onnx::pb;
 
+use super::direct::{DirectLinks, DirectStats};
 use super::gpu_share::GpuShareExec;
 use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
 use crate::gpu::context::{AdapterChoice, GpuContext};
@@ -59,6 +60,8 @@ pub enum WorkerError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("direct data path: {0}")]
+    Direct(String),
 }
 
 /// Worker settings.
@@ -78,6 +81,19 @@ pub struct WorkerOptions {
     pub slowdown: Duration,
     /// Which executor runs the shares.
     pub executor: ExecutorChoice,
+    /// The direct TCP path between agents, when on.
+    pub direct: Option<DirectOptions>,
+    /// Chunks per data path (for logs and tests).
+    pub direct_stats: Arc<DirectStats>,
+}
+
+/// Where this agent takes activations over TCP ([`super::direct`]).
+#[derive(Clone, Debug)]
+pub struct DirectOptions {
+    pub listen: std::net::SocketAddr,
+    /// The `host:port` peers dial; default: the listener's address (which must then not be
+    /// 0.0.0.0).
+    pub advertise: Option<String>,
 }
 
 /// Which executor runs the shares.
@@ -387,6 +403,42 @@ pub async fn run(
         protocol: moirai_shared::wire::PROTOCOL_VERSION,
         bd_seq,
     };
+    // The direct path: a listener whose chunks join the MQTT ones, and writers to peers whose
+    // chunks come back here when they cannot be written.
+    let (direct_tx, mut direct_rx) = mpsc::unbounded_channel::<ActivationChunk>();
+    let (fallback_tx, mut fallback_rx) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    let mut links = DirectLinks::new(fallback_tx, opts.direct_stats.clone());
+    let mut direct_server = None;
+    let my_direct = match &opts.direct {
+        Some(d) => {
+            let listener = tokio::net::TcpListener::bind(d.listen)
+                .await
+                .map_err(|e| WorkerError::Direct(format!("cannot listen on {}: {e}", d.listen)))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| WorkerError::Direct(e.to_string()))?;
+            let addr = match &d.advertise {
+                Some(a) => a.clone(),
+                None if bound.ip().is_unspecified() => {
+                    return Err(WorkerError::Direct(format!(
+                        "listening on {bound}: say which address peers dial (--direct-advertise HOST:PORT)"
+                    )))
+                }
+                None => bound.to_string(),
+            };
+            info!(%bound, advertised = %addr, "direct data path listening");
+            direct_server = Some(tokio::spawn(super::direct::serve(
+                listener,
+                direct_tx.clone(),
+                opts.direct_stats.clone(),
+            )));
+            Some(DirectAddr {
+                bd_seq,
+                addr: truncated(&addr),
+            })
+        }
+        None => None,
+    };
     // Specs by epoch (loaded or loading) and whether each is ready.
     let mut specs: BTreeMap<u64, (Arc<SubgraphSpec>, bool)> = BTreeMap::new();
     let mut weights = WeightAssembly::default();
@@ -409,12 +461,32 @@ pub async fn run(
                     for k in [InferKind::Subgraph, InferKind::Weights, InferKind::Act] {
                         let _ = client.try_subscribe(topics.infer(&opts.name, k), QoS::AtLeastOnce);
                     }
+                    // Peers' direct addresses (retained), whether or not this agent takes any.
+                    let _ = client.try_subscribe(topics.infer_all(InferKind::Direct), QoS::AtLeastOnce);
+                    if let Some(d) = &my_direct {
+                        if let Ok(bytes) = encode(d) {
+                            let _ = client.try_publish(topics.infer(&opts.name, InferKind::Direct), QoS::AtLeastOnce, true, bytes);
+                        }
+                    }
                     publish(&client, topics.infer(&opts.name, InferKind::Hello), &birth);
                     info!(agent = %opts.name, "inference worker connected");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(InferTopic::Agent { kind, .. }) = topics.parse_infer(&p.topic) else { continue };
+                    let Ok(InferTopic::Agent { kind, name: from }) = topics.parse_infer(&p.topic) else { continue };
                     match kind {
+                        InferKind::Direct if from.as_str() != opts.name => {
+                            // An empty retained payload: that peer left.
+                            let addr = if p.payload.is_empty() {
+                                None
+                            } else {
+                                match decode::<DirectAddr>(&p.payload) {
+                                    Ok(a) => Some(a),
+                                    Err(e) => { warn!(error = %e, peer = %from, "bad direct address dropped"); continue; }
+                                }
+                            };
+                            debug!(peer = %from, ?addr, "peer's direct address");
+                            links.learn(from.as_str(), addr);
+                        }
                         InferKind::Subgraph => {
                             let spec = match decode::<SubgraphSpec>(&p.payload) {
                                 Ok(s) => Arc::new(s),
@@ -478,25 +550,7 @@ pub async fn run(
                                 Ok(c) => c,
                                 Err(e) => { warn!(error = %e, "bad activation chunk dropped"); continue; }
                             };
-                            let key = (c.epoch, c.request);
-                            if finished.contains(&key) {
-                                continue;
-                            }
-                            if !pending.contains_key(&key) && pending.len() >= MAX_PENDING {
-                                // The oldest request never got all its inputs (its sender died).
-                                pending.pop_first();
-                            }
-                            let entry = pending.entry(key).or_default();
-                            let tensor = c.tensor.clone();
-                            match entry.parts.entry(tensor.clone()).or_default().add(c) {
-                                Ok(Some(t)) => {
-                                    entry.parts.remove(&tensor);
-                                    entry.whole.insert(tensor, t);
-                                }
-                                Ok(None) => {}
-                                Err(e) => warn!(error = %e, "activation refused"),
-                            }
-                            try_run(&specs, &mut pending, &mut finished, key, &job_tx);
+                            take_chunk(c, &specs, &mut pending, &mut finished, &job_tx);
                         }
                         _ => {}
                     }
@@ -507,6 +561,13 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
+            Some(c) = direct_rx.recv() => take_chunk(c, &specs, &mut pending, &mut finished, &job_tx),
+            Some((peer, frame)) = fallback_rx.recv() => {
+                // The direct path failed under this chunk: the broker carries it.
+                if let Err(e) = client.try_publish(topics.infer(&peer, InferKind::Act), QoS::AtLeastOnce, false, frame) {
+                    warn!(%peer, error = %e, "publish dropped");
+                }
+            }
             Some(done) = done_rx.recv() => match done {
                 Done::Loaded { epoch, result } => match result {
                     Ok(load_ms) => {
@@ -532,12 +593,26 @@ pub async fn run(
                             let Some(route) = spec.outputs.iter().find(|o| o.tensor.name == tensor) else { continue };
                             let chunks = activation_chunks(request, epoch, &tensor, &dims, &values);
                             for to in &route.to {
-                                let topic = match to {
-                                    Destination::Agent(a) => topics.infer(a, InferKind::Act),
-                                    Destination::Orchestrator => topics.infer_result(),
+                                let (peer, topic) = match to {
+                                    Destination::Agent(a) => (Some(a.as_str()), topics.infer(a, InferKind::Act)),
+                                    Destination::Orchestrator => (None, topics.infer_result()),
                                 };
                                 for c in &chunks {
-                                    publish(&client, topic.clone(), c);
+                                    let frame = match encode(c) {
+                                        Ok(f) => f,
+                                        Err(e) => { warn!(error = %e, "activation not encodable"); continue; }
+                                    };
+                                    // Directly where the peer takes it, else (or on failure) MQTT.
+                                    let frame = match peer {
+                                        Some(p) => match links.send(p, frame) {
+                                            Ok(()) => continue,
+                                            Err(f) => f,
+                                        },
+                                        None => frame,
+                                    };
+                                    if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, frame) {
+                                        warn!(%topic, error = %e, "publish dropped");
+                                    }
                                 }
                             }
                         }
@@ -549,6 +624,18 @@ pub async fn run(
                 },
             },
         }
+    }
+    if let Some(server) = direct_server {
+        server.abort();
+        let (sent, fell_back, received) = opts.direct_stats.snapshot();
+        info!(sent, fell_back, received, "direct data path chunks");
+        // Peers stop dialling an address that is gone.
+        let _ = client.try_publish(
+            topics.infer(&opts.name, InferKind::Direct),
+            QoS::AtLeastOnce,
+            true,
+            Vec::new(),
+        );
     }
     // A clean goodbye: the same message the Last Will would carry.
     publish(
@@ -568,6 +655,35 @@ pub async fn run(
     drop(job_tx);
     let _ = exec_thread.join();
     Ok(())
+}
+
+/// One chunk from either path: into its request's inputs, which run once complete.
+fn take_chunk(
+    c: ActivationChunk,
+    specs: &BTreeMap<u64, (Arc<SubgraphSpec>, bool)>,
+    pending: &mut BTreeMap<(u64, u64), Pending>,
+    finished: &mut VecDeque<(u64, u64)>,
+    job_tx: &std::sync::mpsc::Sender<Job>,
+) {
+    let key = (c.epoch, c.request);
+    if finished.contains(&key) {
+        return;
+    }
+    if !pending.contains_key(&key) && pending.len() >= MAX_PENDING {
+        // The oldest request never got all its inputs (its sender died).
+        pending.pop_first();
+    }
+    let entry = pending.entry(key).or_default();
+    let tensor = c.tensor.clone();
+    match entry.parts.entry(tensor.clone()).or_default().add(c) {
+        Ok(Some(t)) => {
+            entry.parts.remove(&tensor);
+            entry.whole.insert(tensor, t);
+        }
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "activation refused"),
+    }
+    try_run(specs, pending, finished, key, job_tx);
 }
 
 /// Cuts a status's free text so it fits its size limit.
@@ -667,6 +783,13 @@ pub struct WorkerArgs {
     /// runs on the CPU (slower loads).
     #[arg(long)]
     pub verify_kernels: bool,
+    /// Also take activations from peers over TCP here (e.g. 0.0.0.0:7070; port 0 picks one),
+    /// and send to peers that do the same directly; MQTT stays the fallback. No TLS.
+    #[arg(long)]
+    pub direct_listen: Option<std::net::SocketAddr>,
+    /// The host:port peers dial for the direct path (default: the listen address).
+    #[arg(long, requires = "direct_listen")]
+    pub direct_advertise: Option<String>,
     #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
     pub prefix: String,
 }
@@ -703,6 +826,11 @@ impl WorkerArgs {
                     verify: self.verify_kernels,
                 },
             },
+            direct: self.direct_listen.map(|listen| DirectOptions {
+                listen,
+                advertise: self.direct_advertise.clone(),
+            }),
+            direct_stats: Arc::default(),
         })
     }
 }

@@ -106,6 +106,13 @@ pub struct ConnectArgs {
     /// matches; without one the orchestrator streams them). Repeatable.
     #[arg(long)]
     pub infer_model: Vec<PathBuf>,
+    /// With --infer: also take activations from peers over TCP here (port 0 picks one) and
+    /// send to peers that do the same directly; MQTT stays the fallback. No TLS.
+    #[arg(long, requires = "infer")]
+    pub direct_listen: Option<std::net::SocketAddr>,
+    /// The host:port peers dial for the direct path (default: the listen address).
+    #[arg(long, requires = "direct_listen")]
+    pub direct_advertise: Option<String>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM, or until a rolled-out release took over.
@@ -169,6 +176,13 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
                     verify: false,
                 }
             },
+            direct: args
+                .direct_listen
+                .map(|listen| crate::exec::worker::DirectOptions {
+                    listen,
+                    advertise: args.direct_advertise.clone(),
+                }),
+            direct_stats: Default::default(),
         }),
     };
     cfg.rollout = RolloutSetup {

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// tract when it has none) or cpu (tract).
     #[arg(long, default_value = "wgpu", value_parser = ["wgpu", "cpu"])]
     pub agent_backend: String,
+    /// How activations cross between agents: mqtt (through the broker) or tcp (direct
+    /// connections between the agents, the broker as fallback).
+    #[arg(long, default_value = "mqtt", value_parser = ["mqtt", "tcp"])]
+    pub data_path: String,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
@@ -94,6 +98,17 @@ pub struct RunArgs {
     /// address until Ctrl-C (`moirai infer --url` talks to it).
     #[arg(long)]
     pub serve: Option<std::net::SocketAddr>,
+}
+
+impl RunArgs {
+    /// The infer-worker flags these options ask for: the share executor and the data path.
+    pub fn worker_flags(&self) -> Vec<String> {
+        let mut f = vec!["--backend".to_string(), self.agent_backend.clone()];
+        if self.data_path == "tcp" {
+            f.extend(["--direct-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        f
+    }
 }
 
 /// Why `moirai run` failed.
@@ -131,14 +146,15 @@ pub fn agent_binary(given: Option<&Path>) -> Result<PathBuf, RunError> {
     crate::local_agent::agent_binary(given).map_err(RunError::NoAgent)
 }
 
-/// Starts `moirai-agent infer-worker --backend BACKEND` as a child process; logs go to `log`.
+/// Starts `moirai-agent infer-worker FLAGS...` as a child process (`flags`: the executor and
+/// data path, see [`RunArgs::worker_flags`]); logs go to `log`.
 pub fn spawn_agent(
     bin: &Path,
     broker: &BrokerAddr,
     name: &str,
     config: &Path,
     model: Option<&Path>,
-    backend: &str,
+    flags: &[String],
     log: &Path,
 ) -> Result<AgentProcess, RunError> {
     if !config.is_file() {
@@ -155,7 +171,7 @@ pub fn spawn_agent(
         .args(["--broker", &broker.to_string(), "--name", name])
         .arg("--config")
         .arg(config)
-        .args(["--backend", backend])
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err);
@@ -383,7 +399,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                 &name,
                 &config,
                 local,
-                &args.agent_backend,
+                &args.worker_flags(),
                 &logs.join(format!("{name}.log")),
             )?);
         }

@@ -11,6 +11,8 @@
 //!   memory, an unsupported op, a bad hash), weights wanted, or a request failed.
 //! - [`ActivationChunk`] (agent to agent, orchestrator to agent, agent to orchestrator): a
 //!   piece of an f32 tensor, keyed by request id and plan epoch.
+//! - [`DirectAddr`] (agent, retained): where it takes activations over TCP, for the optional
+//!   direct path between agents; the frames there are [`ActivationChunk`]s as on MQTT.
 //! - [`ServingStats`] (orchestrator, retained): measured latency next to the plan's
 //!   prediction, for `moirai fleet`.
 //!
@@ -123,6 +125,21 @@ pub enum ExecStatus {
 impl WireMessage for ExecStatus {
     const KIND: MessageKind = MessageKind::ExecStatus;
     const MAX_SIZE: usize = 8192;
+}
+
+/// Where an agent takes activations over TCP (the optional direct path). Each frame on that
+/// connection is a little-endian `u32` length and then one encoded [`ActivationChunk`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DirectAddr {
+    /// The session it belongs to (the agent's `bd_seq`).
+    pub bd_seq: u64,
+    /// `host:port`.
+    pub addr: heapless::String<64>,
+}
+
+impl WireMessage for DirectAddr {
+    const KIND: MessageKind = MessageKind::DirectAddr;
+    const MAX_SIZE: usize = 96;
 }
 
 /// How serving goes: the orchestrator publishes it retained (after requests complete, at most
@@ -398,6 +415,14 @@ mod tests {
             weight_bytes: 4096,
             activation_bytes: 1792,
             predicted_ms: 1.5,
+        });
+    }
+
+    #[test]
+    fn direct_addresses_round_trip() {
+        round_trip(&DirectAddr {
+            bd_seq: u64::MAX,
+            addr: crate::wire::truncated(&"x".repeat(64)),
         });
     }
 

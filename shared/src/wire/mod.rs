@@ -64,6 +64,7 @@ pub enum MessageKind {
     ExecStatus,
     ActivationChunk,
     ServingStats,
+    DirectAddr,
 }
 
 impl std::fmt::Display for MessageKind {

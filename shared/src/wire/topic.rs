@@ -29,6 +29,7 @@
 //! | `<p>/infer/<name>/subgraph` | orchestrator | `SubgraphSpec` |
 //! | `<p>/infer/<name>/weights` | orchestrator | `WeightChunk` |
 //! | `<p>/infer/<name>/status` | agent | `ExecStatus` |
+//! | `<p>/infer/<name>/direct` (retained) | agent with the direct data path | `DirectAddr` (empty payload: gone) |
 //! | `<p>/infer/<name>/act` | orchestrator or a peer | `ActivationChunk` |
 //! | `<p>/infer/result` | agents | `ActivationChunk` (graph outputs) |
 
@@ -198,16 +199,19 @@ pub enum InferKind {
     Weights,
     Status,
     Act,
+    /// Where the agent takes activations over TCP (retained; empty when it left).
+    Direct,
 }
 
 impl InferKind {
-    pub const ALL: [InferKind; 6] = [
+    pub const ALL: [InferKind; 7] = [
         InferKind::Hello,
         InferKind::Gone,
         InferKind::Subgraph,
         InferKind::Weights,
         InferKind::Status,
         InferKind::Act,
+        InferKind::Direct,
     ];
 
     fn suffix(self) -> &'static str {
@@ -218,6 +222,7 @@ impl InferKind {
             InferKind::Weights => "weights",
             InferKind::Status => "status",
             InferKind::Act => "act",
+            InferKind::Direct => "direct",
         }
     }
 }
