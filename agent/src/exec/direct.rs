@@ -4,7 +4,9 @@
 //! retained [`DirectAddr`] on its `direct` topic. A sender that knows a peer's address writes
 //! that peer's chunks on one connection: frames of a little-endian `u32` length and one
 //! encoded [`ActivationChunk`], the same bytes MQTT would carry, so the receiver decodes them
-//! with the same checks. Whatever cannot be written (no connection, a peer gone) is handed back
+//! with the same checks. A connection opens with a hello naming the agent and session the
+//! sender means ([`hello`]); the receiver answers one byte only if that is itself, so a stale
+//! address (a restarted agent, a reused port) is never written to. Whatever cannot be written (no connection, a peer gone) is handed back
 //! for MQTT, and the receiver's reassembly takes a chunk from either path (duplicates are
 //! ignored), so the path can make a transfer faster but never lose one.
 //!
@@ -21,6 +23,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+/// The first frame on a connection: whom the sender means.
+pub fn hello(peer: &str, bd_seq: u64) -> Vec<u8> {
+    format!("moirai-direct/1 {peer} {bd_seq}").into_bytes()
+}
+
+/// The receiver's answer to a hello that names it.
+const WELCOME: u8 = 1;
+const MAX_HELLO: usize = 128;
 
 /// A failed peer is not dialled again for this long (its chunks go by MQTT meanwhile).
 const REDIAL_AFTER: Duration = Duration::from_secs(1);
@@ -47,18 +58,26 @@ impl DirectStats {
     }
 }
 
-/// Accepts connections on `listener` until the task is dropped; every chunk read goes to `tx`.
+/// Accepts connections on `listener` until the task is dropped; a connection whose hello is
+/// `me` (see [`hello`]) is welcomed and every chunk read from it goes to `tx`.
 pub async fn serve(
     listener: TcpListener,
+    me: Vec<u8>,
     tx: mpsc::UnboundedSender<ActivationChunk>,
     stats: Arc<DirectStats>,
 ) {
+    let me = Arc::new(me);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 debug!(%peer, "direct connection");
-                tokio::spawn(read_frames(stream, tx.clone(), stats.clone()));
+                let (me, tx, stats) = (me.clone(), tx.clone(), stats.clone());
+                tokio::spawn(async move {
+                    if let Some(stream) = welcome(stream, &me).await {
+                        read_frames(stream, tx, stats).await;
+                    }
+                });
             }
             Err(e) => {
                 warn!(error = %e, "direct listener");
@@ -66,6 +85,28 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Reads the hello; answers and hands the stream back only if it names `me`.
+async fn welcome(mut stream: TcpStream, me: &[u8]) -> Option<TcpStream> {
+    let read = async {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await.ok()?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_HELLO {
+            return None;
+        }
+        let mut h = vec![0u8; len];
+        stream.read_exact(&mut h).await.ok()?;
+        Some(h)
+    };
+    let h = tokio::time::timeout(CONNECT_TIMEOUT, read).await.ok()??;
+    if h != me {
+        debug!(hello = %String::from_utf8_lossy(&h), "direct hello for someone else; closed");
+        return None;
+    }
+    stream.write_all(&[WELCOME]).await.ok()?;
+    Some(stream)
 }
 
 /// Reads frames until the peer closes or sends something that is not a chunk (then the
@@ -174,6 +215,7 @@ impl DirectLinks {
         tokio::spawn(write_frames(
             peer.to_string(),
             addr.addr.to_string(),
+            hello(peer, addr.bd_seq),
             rx,
             self.fallback.clone(),
             self.stats.clone(),
@@ -189,6 +231,7 @@ impl DirectLinks {
 async fn write_frames(
     peer: String,
     addr: String,
+    greeting: Vec<u8>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     fallback: mpsc::UnboundedSender<(String, Vec<u8>)>,
     stats: Arc<DirectStats>,
@@ -197,19 +240,30 @@ async fn write_frames(
         stats.fell_back.fetch_add(1, Ordering::Relaxed);
         let _ = fallback.send((peer.clone(), frame));
     };
-    let mut stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str())).await {
-            Ok(Ok(s)) => s,
-            other => {
-                debug!(%peer, %addr, ?other, "direct connect failed; MQTT instead");
-                rx.close();
-                while let Some(f) = rx.recv().await {
-                    give_back(f);
-                }
-                return;
+    // Connected, and welcomed by the very agent and session meant.
+    let connect = async {
+        let mut s = TcpStream::connect(addr.as_str()).await?;
+        s.set_nodelay(true)?;
+        s.write_all(&(greeting.len() as u32).to_le_bytes()).await?;
+        s.write_all(&greeting).await?;
+        let mut ok = [0u8; 1];
+        s.read_exact(&mut ok).await?;
+        if ok[0] != WELCOME {
+            return Err(std::io::Error::other("not welcomed"));
+        }
+        Ok::<_, std::io::Error>(s)
+    };
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(s)) => s,
+        other => {
+            debug!(%peer, %addr, ?other, "direct connect failed; MQTT instead");
+            rx.close();
+            while let Some(f) = rx.recv().await {
+                give_back(f);
             }
-        };
-    let _ = stream.set_nodelay(true);
+            return;
+        }
+    };
     while let Some(frame) = rx.recv().await {
         let len = (frame.len() as u32).to_le_bytes();
         let written = async {
@@ -250,7 +304,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (in_tx, mut in_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(DirectStats::default());
-        let server = tokio::spawn(serve(listener, in_tx, stats.clone()));
+        let server = tokio::spawn(serve(listener, hello("b", 1), in_tx, stats.clone()));
         let (fb_tx, mut fb_rx) = mpsc::unbounded_channel();
         let mut links = DirectLinks::new(fb_tx, stats.clone());
         assert!(
@@ -274,23 +328,40 @@ mod tests {
                 .unwrap();
             assert_eq!(c, chunk(r), "in order, intact");
         }
-        // The peer goes away: what the writer cannot deliver comes back for MQTT.
-        server.abort();
+        // A stale address: the listener is b's earlier session, so it does not welcome the
+        // writer and the chunk comes back for MQTT.
         links.learn(
             "b",
             Some(DirectAddr {
                 bd_seq: 2,
-                addr: truncated("127.0.0.1:1"),
+                addr: truncated(&addr.to_string()),
             }),
         );
-        assert!(links.send("b", encode(&chunk(9)).unwrap()).is_ok());
+        assert!(links.send("b", encode(&chunk(8)).unwrap()).is_ok());
         let (peer, frame) = tokio::time::timeout(Duration::from_secs(5), fb_rx.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(peer, "b");
-        assert_eq!(decode::<ActivationChunk>(&frame).unwrap(), chunk(9));
-        assert_eq!(stats.snapshot(), (3, 1, 3));
+        assert_eq!(decode::<ActivationChunk>(&frame).unwrap(), chunk(8));
+        // Within the redial delay the next chunk is refused at once, for MQTT.
+        assert!(links.send("b", encode(&chunk(9)).unwrap()).is_err());
+        // The peer goes away: the same.
+        server.abort();
+        links.learn(
+            "b",
+            Some(DirectAddr {
+                bd_seq: 3,
+                addr: truncated("127.0.0.1:1"),
+            }),
+        );
+        assert!(links.send("b", encode(&chunk(10)).unwrap()).is_ok());
+        let (_, frame) = tokio::time::timeout(Duration::from_secs(5), fb_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode::<ActivationChunk>(&frame).unwrap(), chunk(10));
+        assert_eq!(stats.snapshot(), (3, 2, 3));
     }
 
     #[tokio::test]
@@ -299,24 +370,31 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (in_tx, mut in_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(DirectStats::default());
-        tokio::spawn(serve(listener, in_tx, stats.clone()));
-        // A length over the limit, then garbage of a plausible length.
+        tokio::spawn(serve(listener, hello("a", 7), in_tx, stats.clone()));
+        let greet = |h: Vec<u8>| [(h.len() as u32).to_le_bytes().to_vec(), h].concat();
+        // A hello for someone else, a length over the limit, garbage of a plausible length.
         for frame in [
-            (u32::MAX).to_le_bytes().to_vec(),
-            [8u32.to_le_bytes().to_vec(), vec![0xff; 8]].concat(),
+            greet(hello("b", 7)),
+            [greet(hello("a", 7)), (u32::MAX).to_le_bytes().to_vec()].concat(),
+            [
+                greet(hello("a", 7)),
+                8u32.to_le_bytes().to_vec(),
+                vec![0xff; 8],
+            ]
+            .concat(),
         ] {
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(&frame).await.unwrap();
-            let mut b = [0u8; 1];
-            // The listener closes the connection.
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            // The listener closes the connection (after its welcome, where one was due).
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
                 .await
-                .unwrap()
-                .unwrap_or(0);
-            assert_eq!(n, 0);
+                .unwrap();
+            assert!(rest.len() <= 1, "{rest:?}");
         }
         // A good frame on a new connection still arrives.
         let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&greet(hello("a", 7))).await.unwrap();
         let f = encode(&chunk(4)).unwrap();
         s.write_all(&(f.len() as u32).to_le_bytes()).await.unwrap();
         s.write_all(&f).await.unwrap();

@@ -429,6 +429,7 @@ pub async fn run(
             info!(%bound, advertised = %addr, "direct data path listening");
             direct_server = Some(tokio::spawn(super::direct::serve(
                 listener,
+                super::direct::hello(&opts.name, bd_seq),
                 direct_tx.clone(),
                 opts.direct_stats.clone(),
             )));
