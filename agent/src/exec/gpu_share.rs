@@ -309,16 +309,7 @@ fn constants(
         return Ok(out);
     }
     // The folded nodes as a model of their own.
-    let by_output: HashMap<&str, &pb::NodeProto> = graph
-        .node
-        .iter()
-        .filter_map(|n| {
-            n.output
-                .iter()
-                .find(|o| !o.is_empty())
-                .map(|o| (o.as_str(), n))
-        })
-        .collect();
+    let by_output = moirai_orchestrator::infer::submodel::nodes_by_output(graph);
     let mut nodes = Vec::new();
     let mut produced: HashSet<&str> = HashSet::new();
     for &i in &folded_nodes {

@@ -62,36 +62,10 @@ pub fn is_elementwise(op: &str) -> bool {
     )
 }
 
-/// Element-wise ops of one operand: they keep the shape, so views around them see the
-/// output's shape.
+/// Element-wise ops of one operand that keep the shape (so views around them see the
+/// output's shape): by their ONNX arity; Flatten, of one operand too, reshapes.
 pub fn is_unary(op: &str) -> bool {
-    is_elementwise(op)
-        && !matches!(
-            op,
-            "Add"
-                | "Sub"
-                | "Mul"
-                | "Div"
-                | "Pow"
-                | "Max"
-                | "Min"
-                | "PRelu"
-                | "BatchNormalization"
-                | "Clip"
-                | "And"
-                | "Or"
-                | "Xor"
-                | "Equal"
-                | "Less"
-                | "Greater"
-                | "LessOrEqual"
-                | "GreaterOrEqual"
-                | "Where"
-                | "Reshape"
-                | "Flatten"
-                | "Squeeze"
-                | "Unsqueeze"
-        )
+    is_elementwise(op) && super::arity(op, 1) == (1, 1) && op != "Flatten"
 }
 
 /// ONNX `TensorProto.DataType` codes of the floating-point types (a Cast to anything else

@@ -72,13 +72,9 @@ fn value_info(name: &str, dims: Option<&[u64]>) -> pb::ValueInfoProto {
     }
 }
 
-/// The sub-model of `spec` cut out of `model`.
-pub fn extract(
-    model: &pb::ModelProto,
-    spec: &SubgraphSpec,
-) -> Result<pb::ModelProto, SubmodelError> {
-    let graph = model.graph.as_ref().ok_or(SubmodelError::NoGraph)?;
-    let by_output: HashMap<&str, &pb::NodeProto> = graph
+/// The nodes of a graph by their first output (the name a `SubgraphSpec` gives a node).
+pub fn nodes_by_output(graph: &pb::GraphProto) -> HashMap<&str, &pb::NodeProto> {
+    graph
         .node
         .iter()
         .filter_map(|n| {
@@ -87,7 +83,16 @@ pub fn extract(
                 .find(|o| !o.is_empty())
                 .map(|o| (o.as_str(), n))
         })
-        .collect();
+        .collect()
+}
+
+/// The sub-model of `spec` cut out of `model`.
+pub fn extract(
+    model: &pb::ModelProto,
+    spec: &SubgraphSpec,
+) -> Result<pb::ModelProto, SubmodelError> {
+    let graph = model.graph.as_ref().ok_or(SubmodelError::NoGraph)?;
+    let by_output = nodes_by_output(graph);
     let inits: HashMap<&str, &pb::TensorProto> = graph
         .initializer
         .iter()
