@@ -123,6 +123,19 @@ pub async fn fetch_snapshot(
     Ok(fetch_view(addr, topics, wait, false).await?.snapshot)
 }
 
+/// Publishes `msg` with QoS 1, not retained, without waiting; an encoding failure or a full
+/// client queue is logged, not returned (the loops that call this keep running).
+pub fn publish<M: moirai_shared::wire::WireMessage>(client: &AsyncClient, topic: String, msg: &M) {
+    match encode(msg) {
+        Ok(bytes) => {
+            if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, bytes) {
+                tracing::warn!(%topic, error = %e, "publish dropped");
+            }
+        }
+        Err(e) => tracing::warn!(%topic, error = %e, "cannot encode"),
+    }
+}
+
 /// What `moirai fleet` shows: the registry and, where an inference session runs, its
 /// serving figures. Either may be missing.
 #[derive(Clone, Debug, Default)]

@@ -19,6 +19,7 @@
 //! tract ([`SubgraphExec`], also the reference). The Birth names the adapter and backend that
 //! run the shares (`cpu`/`cpu` for tract).
 
+use moirai_orchestrator::bus::publish;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use moirai_shared::wire::data::{
 };
 use moirai_shared::wire::life::{Birth, Death};
 use moirai_shared::wire::topic::{agent_name, InferKind, InferTopic, Topics};
-use moirai_shared::wire::{decode, encode, truncated, BrokerAddr, WireError, WireMessage};
+use moirai_shared::wire::{decode, encode, truncated, BrokerAddr, WireError};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -307,17 +308,6 @@ fn executor(
 struct Pending {
     parts: HashMap<String, TensorAssembly>,
     whole: HashMap<String, (Vec<u64>, Vec<f32>)>,
-}
-
-fn publish<M: WireMessage>(client: &AsyncClient, topic: String, msg: &M) {
-    match encode(msg) {
-        Ok(bytes) => {
-            if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, bytes) {
-                warn!(%topic, error = %e, "publish dropped");
-            }
-        }
-        Err(e) => warn!(%topic, error = %e, "cannot encode"),
-    }
 }
 
 /// Hashes the local model copies.

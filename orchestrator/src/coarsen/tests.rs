@@ -17,6 +17,21 @@ fn import(b: ModelBuilder) -> OnnxModel {
     .unwrap()
 }
 
+/// Only the multi-output element-wise rule, without the chain restriction.
+fn eltwise_only(backend: Backend) -> RuleSet {
+    RuleSet {
+        backend,
+        fold_static: true,
+        chains_only: false,
+        rules: vec![FusionRule {
+            name: "eltwise-chain",
+            producer: GroupPattern::Ops(ELTWISE),
+            consumer: GroupPattern::Ops(ELTWISE),
+            condition: Condition::Acyclic,
+        }],
+    }
+}
+
 fn patterns(c: &CoarseGraph) -> Vec<String> {
     c.groups.iter().map(|g| g.signature.pattern()).collect()
 }
@@ -169,17 +184,7 @@ fn detour() -> OnnxModel {
 fn a_merge_that_would_create_a_cycle_is_refused() {
     let m = detour();
     // Only the multi-output eltwise rule: Relu -> Add matches it, the cycle check refuses.
-    let only_eltwise = RuleSet {
-        backend: Backend::Wgpu,
-        fold_static: true,
-        chains_only: false,
-        rules: vec![FusionRule {
-            name: "eltwise-chain",
-            producer: GroupPattern::Ops(ELTWISE),
-            consumer: GroupPattern::Ops(ELTWISE),
-            condition: Condition::Acyclic,
-        }],
-    };
+    let only_eltwise = eltwise_only(Backend::Wgpu);
     let c = coarsen(&m, &only_eltwise);
     assert_eq!(patterns(&c), ["Relu", "MatMul", "Add"]);
     // With the full rules the Add becomes the MatMul's epilogue instead.
@@ -234,17 +239,7 @@ fn without_a_detour_the_same_eltwise_pair_fuses() {
             .output("t", F, &[4, 4]),
     );
     // Multi-output fusion: all three in one kernel writing s and t.
-    let multi_output = RuleSet {
-        backend: Backend::Cpu,
-        fold_static: true,
-        chains_only: false,
-        rules: vec![FusionRule {
-            name: "eltwise-chain",
-            producer: GroupPattern::Ops(ELTWISE),
-            consumer: GroupPattern::Ops(ELTWISE),
-            condition: Condition::Acyclic,
-        }],
-    };
+    let multi_output = eltwise_only(Backend::Cpu);
     let c = coarsen(&m, &multi_output);
     assert_eq!(patterns(&c), ["Relu+Add+Sigmoid"]);
     assert_eq!(c.groups[0].outputs, ["s", "t"]);
@@ -389,17 +384,7 @@ fn a_group_that_is_not_a_chain_carries_its_edges_and_a_chain_does_not() {
             .output("s", F, &[4, 4])
             .output("t", F, &[4, 4]),
     );
-    let rules = RuleSet {
-        backend: Backend::Cpu,
-        fold_static: true,
-        chains_only: false,
-        rules: vec![FusionRule {
-            name: "eltwise-chain",
-            producer: GroupPattern::Ops(ELTWISE),
-            consumer: GroupPattern::Ops(ELTWISE),
-            condition: Condition::Acyclic,
-        }],
-    };
+    let rules = eltwise_only(Backend::Cpu);
     let c = coarsen(&m, &rules);
     let n = |node, output| Operand::Node { node, output };
     let dag = c.groups[0]

@@ -9,6 +9,7 @@
 //! epoch gave it work goes back to the queue and is dispatched again on the next epoch.
 //! Callers talk to the loop through a [`SessionHandle`] (a channel, as rumqttc's client).
 
+use crate::bus::publish;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use moirai_shared::wire::data::{
 };
 use moirai_shared::wire::life::{Birth, Death};
 use moirai_shared::wire::topic::{InferKind, InferTopic, Topics};
-use moirai_shared::wire::{decode, encode, BrokerAddr, WireMessage};
+use moirai_shared::wire::{decode, encode, BrokerAddr};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -156,17 +157,6 @@ impl SessionHandle {
 struct EpochState {
     plan: EpochPlan,
     ready: BTreeSet<String>,
-}
-
-fn publish<M: WireMessage>(client: &AsyncClient, topic: String, msg: &M) {
-    match encode(msg) {
-        Ok(bytes) => {
-            if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, bytes) {
-                warn!(%topic, error = %e, "publish dropped");
-            }
-        }
-        Err(e) => warn!(%topic, error = %e, "cannot encode"),
-    }
 }
 
 /// Starts the session loop on the current runtime; it runs until `shutdown` resolves.
