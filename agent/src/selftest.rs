@@ -190,6 +190,7 @@ fn matmul_signature(m: usize, k: usize, n: usize) -> KernelSignature {
         flops: (2 * m * k * n) as u64,
         bytes: (4 * (m * k + k * n + m * n)) as u64,
         dag: None,
+        shapes: Vec::new(),
     }
 }
 

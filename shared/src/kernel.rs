@@ -109,6 +109,14 @@ pub struct KernelSignature {
     /// The edges, for a group that is not a chain; `None`: the chain convention.
     #[serde(default)]
     pub dag: Option<Dag>,
+    /// The output shape of each node, in [`KernelSignature::nodes`] order (its first output
+    /// for a node with several). Boundary shapes alone do not say what a view in the middle
+    /// of a chain reshapes to, or at which shape an epilogue operand broadcasts, so the kernel
+    /// generators and the CPU executor read them here. Empty in signatures that predate them
+    /// (tables written before wire protocol 3): [`KernelSignature::node_shape`] then assumes
+    /// every node keeps the output's shape.
+    #[serde(default)]
+    pub shapes: Vec<TensorShape>,
 }
 
 /// Where a node operand or a kernel output comes from.
@@ -151,6 +159,33 @@ impl Dag {
 }
 
 impl KernelSignature {
+    /// The output shape of node `i` ([`KernelSignature::shapes`]), or the first output's when
+    /// the signature does not say.
+    pub fn node_shape(&self, i: usize) -> Option<&TensorShape> {
+        self.shapes.get(i).or_else(|| self.outputs.first())
+    }
+
+    /// Whether the boundary leaves some node's shape open: a view whose target is a tensor
+    /// value rather than an attribute (Reshape; Squeeze and Unsqueeze with their axes as an
+    /// input) with a node other than a view after it. Every other node's shape follows from
+    /// its inputs' by shape inference, and a view at the end reshapes to the kernel's output;
+    /// such a view in front of or inside the computation reshapes to a value the signature does
+    /// not hold, so then the key names every node's shape.
+    fn shapes_matter(&self) -> bool {
+        const VIEWS: [&str; 4] = ["Reshape", "Flatten", "Squeeze", "Unsqueeze"];
+        let open = |n: &FusedNode| match n.op_type.as_str() {
+            "Reshape" => true,
+            "Squeeze" | "Unsqueeze" => !n.attrs.contains_key("axes"),
+            _ => false,
+        };
+        !self.shapes.is_empty()
+            && self
+                .nodes
+                .iter()
+                .rposition(|n| !VIEWS.contains(&n.op_type.as_str()))
+                .is_some_and(|last| self.nodes[..last].iter().any(open))
+    }
+
     /// "Conv+BatchNormalization+Relu".
     pub fn pattern(&self) -> String {
         self.nodes
@@ -203,6 +238,9 @@ impl KernelSignature {
         if let Some(d) = &self.dag {
             key.push_str(&format!("[{}]", d.describe()));
         }
+        if self.shapes_matter() {
+            key.push_str(&format!("<{}>", shapes(&self.shapes)));
+        }
         key
     }
 }
@@ -236,6 +274,7 @@ mod tests {
             flops: 1,
             bytes: 1,
             dag: None,
+            shapes: Vec::new(),
         };
         assert_eq!(
             sig.key(),

@@ -141,7 +141,11 @@ pub fn onnx_model(
             let rest_keeps_shape = sig.nodes[i + 1..]
                 .iter()
                 .all(|n| is_view(&n.op_type) || crate::kernels::epilogue::is_unary(&n.op_type));
-            let target: Vec<usize> = if i == 0 && op == "Flatten" {
+            // The signature says each node's shape; older signatures leave it to be
+            // inferred from the boundary.
+            let target: Vec<usize> = if let Some(s) = sig.shapes.get(i) {
+                s.dims.clone()
+            } else if i == 0 && op == "Flatten" {
                 let d = &sig.inputs[wiring[0][0]].dims;
                 let a = attr_i(node, "axis", 1);
                 let a =
@@ -203,9 +207,10 @@ pub fn onnx_model(
                         ins.push(name);
                         continue;
                     }
-                    if op == "Expand" && k == 1 && i == last {
+                    if op == "Expand" && k == 1 && (i == last || sig.shapes.get(i).is_some()) {
                         let name = format!("expand{i}");
-                        let d: Vec<i64> = out_dims.iter().map(|&d| d as i64).collect();
+                        let dims = sig.shapes.get(i).map_or(out_dims, |s| &s.dims);
+                        let d: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
                         inits.push(i64_initializer(&name, &d));
                         ins.push(name);
                         continue;
@@ -495,6 +500,7 @@ mod tests {
                 ],
                 results: vec![Operand::Node { node: 1, output: 0 }],
             }),
+            shapes: Vec::new(),
         }
     }
 

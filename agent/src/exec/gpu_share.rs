@@ -944,6 +944,21 @@ mod tests {
     }
 
     #[test]
+    fn cnn_families_as_one_share_match_onnxruntime() {
+        // Squeeze-excitation gates, grouped convolutions, HardSwish, ConvNeXt's LayerNorm
+        // and ViT's attention: the models/make_se_cnn_models.py fixtures.
+        for m in [
+            "tiny-effnet",
+            "tiny-regnet",
+            "tiny-mobilenetv3",
+            "tiny-convnext",
+            "tiny-vit",
+        ] {
+            whole_model_matches_its_reference(&repo().join("tests/fixtures/onnx").join(m));
+        }
+    }
+
+    #[test]
     fn the_reference_models_as_one_share_match_their_reference_outputs() {
         let shared = repo().join("../shared/models/with-weights");
         for m in ["squeezenet1_1", "mobilenet_v2"] {

@@ -88,7 +88,11 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     }
     let x = &sig.inputs[w[0]].dims;
     let wt = &sig.inputs[w[1]].dims;
-    let out = &sig.outputs[0].dims;
+    // The Conv's own output: views after it may reshape what the kernel writes.
+    let out = &sig
+        .node_shape(0)
+        .ok_or_else(|| malformed(sig, "no output"))?
+        .dims;
     if x.len() != 4 || wt.len() != 4 || out.len() != 4 {
         return Err(unsupported(sig, "Conv other than 2-D"));
     }
@@ -127,7 +131,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     } else {
         None
     };
-    epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
+    epilogue::emit(sig, 1, &wiring[1..], &mut sh)?;
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let (grid, gid) = grid_1d(threads);
     let mut s = String::new();

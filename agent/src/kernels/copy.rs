@@ -128,7 +128,7 @@ fn transpose(
     let x = sh.input(input, gpu_dtype(sig.inputs[input].dtype));
     let tail = &sig.nodes[at + 1..];
     if !tail.is_empty() {
-        epilogue::emit(sig, tail, &wiring[at + 1..], &dst_dims, &mut sh)?;
+        epilogue::emit(sig, at + 1, &wiring[at + 1..], &mut sh)?;
     }
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let mut body = String::from("    var s = 0u;\n");

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::{DType, FusedNode, KernelSignature};
+use moirai_shared::kernel::{DType, KernelSignature};
 
 use super::shader::{broadcast_index, grid_1d, lit, Shader};
 use super::{attr_f, gpu_dtype, malformed, unsupported, KernelError, Plan};
@@ -73,21 +73,105 @@ pub fn is_unary(op: &str) -> bool {
 const FLOAT_TYPES: [i64; 4] = [1, 10, 11, 16];
 const BOOL_TYPE: i64 = 9;
 
-/// Emits `fn epi(v0: f32, idx: u32) -> T` applying `nodes` in order. `extras[i]` are the
-/// signature inputs node `i` reads besides `v`; `out` is the shape `idx` indexes.
+/// WGSL `let` statements binding `i{k}`, for each node `k` in `first..`, to the flat index of
+/// node `k`'s output that the kernel's output element `idx` is computed from (the last node's
+/// output is the kernel's output). A view keeps the flat index; an op whose output is larger
+/// than its chain input (a broadcast) maps the index back into the smaller shape. Shapes are
+/// the signature's per-node shapes ([`KernelSignature::node_shape`]).
+pub fn index_lets(sig: &KernelSignature, first: usize) -> Result<String, KernelError> {
+    let last = sig
+        .nodes
+        .len()
+        .checked_sub(1)
+        .ok_or_else(|| malformed(sig, "no nodes"))?;
+    let shape = |k: usize| -> Result<&[usize], KernelError> {
+        sig.node_shape(k)
+            .map(|s| s.dims.as_slice())
+            .ok_or_else(|| malformed(sig, format!("no shape for node {k}")))
+    };
+    let mut lets = format!("    let i{last} = idx;\n");
+    for k in (first..last).rev() {
+        let (here, next) = (shape(k)?, shape(k + 1)?);
+        let (n_here, n_next) = (
+            here.iter().product::<usize>(),
+            next.iter().product::<usize>(),
+        );
+        let expr = if n_here == n_next {
+            format!("i{}", k + 1)
+        } else if n_here < n_next && broadcasts(here, next) {
+            broadcast_index(next, here, &format!("i{}", k + 1))
+        } else {
+            return Err(unsupported(
+                sig,
+                format!(
+                    "{} after {} changes {here:?} to {next:?} in an epilogue",
+                    sig.nodes[k + 1].op_type,
+                    sig.nodes[k].op_type
+                ),
+            ));
+        };
+        lets.push_str(&format!("    let i{k} = {expr};\n"));
+    }
+    Ok(lets)
+}
+
+/// Whether `small` broadcasts to `big` (numpy rules, right-aligned).
+pub fn broadcasts(small: &[usize], big: &[usize]) -> bool {
+    small.len() <= big.len()
+        && small
+            .iter()
+            .rev()
+            .zip(big.iter().rev())
+            .all(|(&s, &b)| s == b || s == 1)
+}
+
+/// Emits `fn epi(v0: f32, idx: u32) -> T` applying nodes `first..` of the signature in order
+/// to a value `v0` of node `first - 1`'s output (the head's, for a kernel with a head).
+/// `extras[i]` are the signature inputs node `first + i` reads besides the chain's value;
+/// `idx` is the flat index of the kernel's output element. Each operand is broadcast against
+/// its own node's output shape ([`index_lets`]), so views and broadcasts anywhere in the chain
+/// index right.
+///
+/// A head computes one value per element of its own output, so after a head the epilogue may
+/// not make more elements than it: the fusion rules never form such a group, and this refuses
+/// one that says otherwise.
 ///
 /// Values travel as `f32` whatever their ONNX type (booleans as 0.0 / 1.0, integers exactly up
 /// to 2^24: masks and small indices); `T` is the element type of the kernel's first output,
 /// so `epi` converts on the way out (`i32` for integers and booleans).
 pub fn emit(
     sig: &KernelSignature,
-    nodes: &[FusedNode],
+    first: usize,
     extras: &[Vec<usize>],
-    out: &[usize],
     sh: &mut Shader,
 ) -> Result<(), KernelError> {
-    let mut body = String::new();
-    for (node, ex) in nodes.iter().zip(extras) {
+    let nodes = sig.nodes.get(first..).unwrap_or_default();
+    if first > 0 && !nodes.is_empty() {
+        let head = sig.node_shape(first - 1).map(|s| s.elements());
+        let out = sig.node_shape(sig.nodes.len() - 1).map(|s| s.elements());
+        if head != out {
+            return Err(unsupported(
+                sig,
+                format!(
+                    "an epilogue that changes the element count of {}'s output",
+                    sig.nodes[first - 1].op_type
+                ),
+            ));
+        }
+    }
+    let mut body = if nodes.is_empty() {
+        String::new()
+    } else {
+        index_lets(sig, first)?
+    };
+    for (k, (node, ex)) in nodes.iter().zip(extras).enumerate() {
+        let k = first + k;
+        let at = sig
+            .node_shape(k)
+            .map(|s| s.dims.clone())
+            .ok_or_else(|| malformed(sig, format!("no shape for node {k}")))?;
+        let iname = format!("i{k}");
+        let (at, iname) = (&at, iname.as_str());
         let op = node.op_type.as_str();
         // Operand `k` of this node's extras, broadcast to the output.
         let operand = |k: usize, sh: &mut Shader| -> Result<String, KernelError> {
@@ -95,7 +179,7 @@ pub fn emit(
                 .get(k)
                 .ok_or_else(|| malformed(sig, format!("{op} lacks operand {}", k + 1)))?;
             let name = sh.input(j, gpu_dtype(sig.inputs[j].dtype));
-            let ix = broadcast_index(out, &sig.inputs[j].dims, "idx");
+            let ix = broadcast_index(at, &sig.inputs[j].dims, iname);
             Ok(format!("f32({name}[{ix}])"))
         };
         let stmt = match op {
@@ -189,17 +273,17 @@ pub fn emit(
                 if ex.len() != 4 {
                     return Err(malformed(sig, "BatchNormalization needs 4 parameters"));
                 }
-                if out.len() < 2 {
+                if at.len() < 2 {
                     return Err(malformed(sig, "BatchNormalization on rank < 2"));
                 }
-                let inner: usize = out[2..].iter().product();
+                let inner: usize = at[2..].iter().product();
                 let names: Vec<String> = ex
                     .iter()
                     .map(|&j| sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
                     .collect();
                 format!(
-                    "{{ let c = (idx / {inner}u) % {}u; v = (v - {m}[c]) * ({s}[c] * inverseSqrt({var}[c] + {eps})) + {b}[c]; }}",
-                    out[1],
+                    "{{ let c = ({iname} / {inner}u) % {}u; v = (v - {m}[c]) * ({s}[c] * inverseSqrt({var}[c] + {eps})) + {b}[c]; }}",
+                    at[1],
                     s = names[0],
                     b = names[1],
                     m = names[2],
@@ -223,7 +307,8 @@ pub fn emit(
     Ok(())
 }
 
-/// A chain of element-wise ops with broadcasting: one thread per output element.
+/// A chain of element-wise ops with broadcasting: one thread per output element, each node
+/// evaluated at the element of its own output that this output element reads.
 pub fn plan_eltwise(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, KernelError> {
     let out = &sig.outputs[0].dims;
     let n: usize = out.iter().product();
@@ -234,17 +319,28 @@ pub fn plan_eltwise(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan
     let x = sh.input(first, gpu_dtype(sig.inputs[first].dtype));
     let mut extras = wiring.to_vec();
     extras[0] = wiring[0][1..].to_vec();
-    emit(sig, &sig.nodes, &extras, out, &mut sh)?;
+    emit(sig, 0, &extras, &mut sh)?;
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let (groups, gid) = grid_1d(n);
-    // Same element count: the chain only reshapes it (views), so the flat index carries over.
-    let ix = if sig.inputs[first].elements() == n {
-        "idx".to_string()
+    // The first node reads its input at the element of its own output (`i0`); a view as
+    // first node keeps the flat index.
+    let at0 = sig
+        .node_shape(0)
+        .ok_or_else(|| malformed(sig, "no shape for node 0"))?;
+    let xd = &sig.inputs[first].dims;
+    let ix = if sig.inputs[first].elements() == at0.elements() {
+        "i0".to_string()
+    } else if broadcasts(xd, &at0.dims) {
+        broadcast_index(&at0.dims, xd, "i0")
     } else {
-        broadcast_index(out, &sig.inputs[first].dims, "idx")
+        return Err(malformed(
+            sig,
+            format!("input {xd:?} does not broadcast to {:?}", at0.dims),
+        ));
     };
+    let lets = index_lets(sig, 0)?;
     let main = format!(
-        "@compute @workgroup_size(64)\nfn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{\n    let idx = {gid};\n    if (idx >= {n}u) {{ return; }}\n    {y}[idx] = epi(f32({x}[{ix}]), idx);\n}}\n"
+        "@compute @workgroup_size(64)\nfn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{\n    let idx = {gid};\n    if (idx >= {n}u) {{ return; }}\n{lets}    {y}[idx] = epi(f32({x}[{ix}]), idx);\n}}\n"
     );
     let (src, slots) = sh.finish(&main);
     Ok(Plan {

@@ -55,13 +55,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     let mut sh = Shader::default();
     let dn = sh.input(wd, gpu_dtype(sig.inputs[wd].dtype));
     let in_ = sh.input(wi, GpuDType::I32);
-    epilogue::emit(
-        sig,
-        &sig.nodes[views + 1..],
-        &wiring[views + 1..],
-        out,
-        &mut sh,
-    )?;
+    epilogue::emit(sig, views + 1, &wiring[views + 1..], &mut sh)?;
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let (grid, gid) = grid_1d(n_out);
     let mut s = String::new();

@@ -260,7 +260,7 @@ pub fn plan(
     } else {
         format!("{} * ", lit(alpha))
     };
-    epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
+    epilogue::emit(sig, 1, &wiring[1..], &mut sh)?;
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
 
     let mut src = String::new();
@@ -441,7 +441,6 @@ fn plan_uniform_a(
     let head = &sig.nodes[0];
     let w = &wiring[0];
     let (ia, ib) = (w[0], w[1]);
-    let out = &sig.outputs[0].dims;
     let max_bytes = (ctx.limits.max_uniform_buffer_binding_size as usize).min(1 << 16);
     let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
     let tm = UA_TM.min(rows.max(1));
@@ -480,7 +479,7 @@ fn plan_uniform_a(
         } else {
             format!("{} * ", lit(alpha))
         };
-        epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
+        epilogue::emit(sig, 1, &wiring[1..], &mut sh)?;
         let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
         let mut src = String::new();
         let _ = writeln!(

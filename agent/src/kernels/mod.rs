@@ -502,6 +502,7 @@ fn generate(sig: &KernelSignature, ctx: &GpuContext) -> Result<Plan, KernelError
             }
             let mut inner = sig.clone();
             inner.nodes = sig.nodes[views..].to_vec();
+            inner.shapes = sig.shapes.get(views..).unwrap_or_default().to_vec();
             inner.inputs = map.iter().map(|&j| sig.inputs[j].clone()).collect();
             inner.inputs[0].dims = dims;
             let w2 = wire(&inner)?;

@@ -18,7 +18,6 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         .first()
         .ok_or_else(|| malformed(sig, format!("{op} without input")))?;
     let dims = &sig.inputs[i0].dims;
-    let out = &sig.outputs[0].dims;
     if dims.is_empty() {
         return Err(unsupported(sig, format!("{op} on a scalar")));
     }
@@ -60,7 +59,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
             "    var s = 0.0;\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ s += {xn}[base + j]; }}\n    let mean = reduce_sum(s, lid.x) / {len}.0;\n    var q = 0.0;\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ let d = {xn}[base + j] - mean; q += d * d; }}\n    let rstd = inverseSqrt(reduce_sum(q, lid.x) / {len}.0 + {eps:?});\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ let idx = base + j; Y[idx] = epi(({xn}[idx] - mean) * rstd * {scale}[j]{bias}, idx); }}\n"
         )
     };
-    epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
+    epilogue::emit(sig, 1, &wiring[1..], &mut sh)?;
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let gx = rows.clamp(1, 65535);
     let gy = rows.div_ceil(gx);

@@ -16,7 +16,10 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         .first()
         .ok_or_else(|| malformed(sig, "pool without input"))?;
     let x = &sig.inputs[i0].dims;
-    let out = &sig.outputs[0].dims;
+    let out = &sig
+        .node_shape(0)
+        .ok_or_else(|| malformed(sig, "pool without output"))?
+        .dims;
     let global = op.starts_with("Global");
     // A global pool may be followed by a Flatten: its output is then [N, C].
     if x.len() != 4 || !(out.len() == 4 || (global && out.len() == 2)) {
@@ -49,7 +52,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     let count_pad = attr_i(head, "count_include_pad", 0) != 0;
     let mut sh = Shader::default();
     let xn = sh.input(i0, GpuDType::F32);
-    epilogue::emit(sig, &sig.nodes[1..], &wiring[1..], out, &mut sh)?;
+    epilogue::emit(sig, 1, &wiring[1..], &mut sh)?;
     let y = sh.output(0, gpu_dtype(sig.outputs[0].dtype));
     let (grid, gid) = grid_1d(n_out);
     let init = if reduce == "max" {

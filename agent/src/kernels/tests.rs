@@ -551,3 +551,57 @@ fn every_fused_kernel_of_the_shared_models_builds() {
     eprintln!("{built} kernels of {} models built", models.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn epilogue_operands_broadcast_against_their_own_nodes_shape_across_views() {
+    // Add(x[1,12], b[12]) -> Reshape [1,3,4] -> Mul(c[3,1]): b broadcasts at [1,12] and c at
+    // [1,3,4], which the boundary alone does not say (the key names the shapes).
+    let i64s = |d: usize| TensorShape {
+        dims: vec![d],
+        dtype: DType::I64,
+    };
+    let mut s = sig(
+        C::Eltwise,
+        vec![node("Add", &[]), node("Reshape", &[]), node("Mul", &[])],
+        vec![
+            f32s(&[&[1, 12]])[0].clone(),
+            f32s(&[&[12]])[0].clone(),
+            i64s(3),
+            f32s(&[&[3, 1]])[0].clone(),
+        ],
+        f32s(&[&[1, 3, 4]]),
+    );
+    s.shapes = f32s(&[&[1, 12], &[1, 3, 4], &[1, 3, 4]]);
+    check(&s);
+    // A broadcast in the middle of an element-wise chain: Sigmoid at [1,3,1], then Mul with
+    // [1,3,5] makes 15 values of 3; each is computed at the element it reads.
+    let mut g = sig(
+        C::Eltwise,
+        vec![node("Sigmoid", &[]), node("Mul", &[]), node("Add", &[])],
+        f32s(&[&[1, 3, 1], &[1, 3, 5], &[5]]),
+        f32s(&[&[1, 3, 5]]),
+    );
+    g.shapes = f32s(&[&[1, 3, 1], &[1, 3, 5], &[1, 3, 5]]);
+    check(&g);
+}
+
+#[test]
+fn a_signature_whose_epilogue_grows_the_heads_output_is_refused() {
+    let Some(ctx) = super::testutil::gpu() else {
+        return;
+    };
+    // Conv on [1,4,1,1] (a squeeze-excitation gate) with Mul by the [1,4,6,6] map fused in:
+    // the coarsener never forms it; a signature that says so anyway is refused, not computed.
+    let mut s = sig(
+        C::Conv,
+        vec![node("Conv", &[]), node("Sigmoid", &[]), node("Mul", &[])],
+        f32s(&[&[1, 4, 1, 1], &[4, 4, 1, 1], &[1, 4, 6, 6]]),
+        f32s(&[&[1, 4, 6, 6]]),
+    );
+    s.shapes = f32s(&[&[1, 4, 1, 1], &[1, 4, 1, 1], &[1, 4, 6, 6]]);
+    let err = super::GpuKernel::build(ctx, &s).err().expect("refused");
+    assert!(
+        err.to_string().contains("changes the element count"),
+        "{err}"
+    );
+}

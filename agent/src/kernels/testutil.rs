@@ -79,6 +79,7 @@ pub fn sig(
         flops: 0,
         bytes: 0,
         dag: None,
+        shapes: Vec::new(),
     }
 }
 

@@ -330,6 +330,7 @@ pub fn split_fused(
         outputs: vec![mid],
         flops: sig.flops.saturating_sub(tail_flops),
         dag: None,
+        shapes: Vec::new(),
     };
     let tail = KernelSignature {
         class: KernelClass::Eltwise,
@@ -339,6 +340,7 @@ pub fn split_fused(
         outputs: vec![out.clone()],
         flops: tail_flops,
         dag: None,
+        shapes: Vec::new(),
     };
     Ok((head, tail))
 }

@@ -15,6 +15,7 @@ pub mod chain;
 pub mod merge;
 pub mod rules;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -143,6 +144,10 @@ pub struct CoarseGraph {
     pub folded_nodes: usize,
     pub groups: Vec<FusedGroup>,
     pub edges: Vec<GroupEdge>,
+    /// Merges the rules allowed but the kernel generator could not compute right, by reason
+    /// (chain backends only; see [`chain::NotAChain`]): counted, so a report can say what
+    /// stayed apart and why.
+    pub refused: BTreeMap<String, usize>,
 }
 
 impl CoarseGraph {
@@ -253,6 +258,7 @@ pub fn coarsen(model: &OnnxModel, rules: &RuleSet) -> CoarseGraph {
         consumers: &consumers,
         graph_outputs: &graph_outputs,
         chains_only: rules.chains_only,
+        refused: RefCell::new(BTreeMap::new()),
     };
     loop {
         let mut changed = false;
@@ -265,7 +271,8 @@ pub fn coarsen(model: &OnnxModel, rules: &RuleSet) -> CoarseGraph {
             break;
         }
     }
-    let coarse = build(&ctx, rules.backend, &gg);
+    let mut coarse = build(&ctx, rules.backend, &gg);
+    coarse.refused = ctx.refused.take();
     debug!(
         before = coarse.nodes_before,
         after = coarse.groups.len(),
@@ -282,6 +289,8 @@ struct Ctx<'a> {
     consumers: &'a HashMap<&'a str, Vec<usize>>,
     graph_outputs: &'a HashSet<&'a str>,
     chains_only: bool,
+    /// Merges refused for a generator limit, by reason.
+    refused: RefCell<BTreeMap<String, usize>>,
 }
 
 impl Ctx<'_> {
@@ -295,7 +304,7 @@ impl Ctx<'_> {
     }
 
     /// The chain steps of a set of model nodes, if they form one.
-    fn chain(&self, nodes: &[usize]) -> Option<Vec<chain::Step>> {
+    fn chain(&self, nodes: &[usize]) -> Result<Vec<chain::Step>, chain::NotAChain> {
         let inside: HashSet<usize> = nodes.iter().copied().collect();
         let leaves = |t: &str| {
             self.graph_outputs.contains(t)
@@ -339,7 +348,20 @@ impl Ctx<'_> {
             .map(|&m| self.compute[m])
             .collect();
         nodes.sort_unstable();
-        self.chain(&nodes).is_some()
+        match self.chain(&nodes) {
+            Ok(_) => true,
+            Err(why) => {
+                if why.is_generator_limit() {
+                    debug!(rule = rule.name, reason = %why, "merge refused");
+                    *self
+                        .refused
+                        .borrow_mut()
+                        .entry(why.to_string())
+                        .or_insert(0) += 1;
+                }
+                false
+            }
+        }
     }
 }
 
@@ -451,7 +473,7 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
         // (GELU as one op, operands in chain order); elsewhere the ONNX nodes and the
         // boundary tensors in order of first use.
         let steps = if ctx.chains_only {
-            ctx.chain(&nodes)
+            ctx.chain(&nodes).ok()
         } else {
             None
         };
@@ -489,6 +511,16 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
             nodes: sig_nodes,
             inputs: sig_inputs,
             outputs: outputs.iter().map(|t| shape(t)).collect(),
+            shapes: match &steps {
+                Some(steps) => steps.iter().map(|s| s.shape.clone()).collect(),
+                None => nodes
+                    .iter()
+                    .map(|&n| {
+                        let first = model.nodes[n].outputs.iter().find(|o| !o.is_empty());
+                        first.map(|t| shape(t)).unwrap_or_else(|| shape(""))
+                    })
+                    .collect(),
+            },
             flops: nodes.iter().map(|&n| model.nodes[n].flops).sum(),
             bytes: boundary.iter().chain(&outputs).map(|t| bytes(t)).sum(),
             // Chains are wired by convention; other groups say their edges.
@@ -542,6 +574,7 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
         folded_nodes: is_static.iter().filter(|s| **s).count(),
         groups,
         edges,
+        refused: BTreeMap::new(),
     }
 }
 

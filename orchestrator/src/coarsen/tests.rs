@@ -421,3 +421,121 @@ fn a_group_that_is_not_a_chain_carries_its_edges_and_a_chain_does_not() {
     assert_eq!(patterns(&c), ["Relu+Add"]);
     assert_eq!(c.groups[0].signature.dag, None);
 }
+
+/// A squeeze-excitation gate: a 1x1 Conv on the pooled `[1,C,1,1]` tensor, Sigmoid, then Mul
+/// with the `[1,C,H,W]` feature map.
+fn se_gate() -> OnnxModel {
+    import(
+        ModelBuilder::new("se")
+            .input("x", F, &[1, 4, 6, 6])
+            .initializer("w", &[4, 4, 1, 1])
+            .node("GlobalAveragePool", &["x"], &["p"])
+            .node("Conv", &["p", "w"], &["c"])
+            .node("Sigmoid", &["c"], &["g"])
+            .node("Mul", &["g", "x"], &["y"])
+            .output("y", F, &[1, 4, 6, 6]),
+    )
+}
+
+#[test]
+fn a_gate_that_broadcasts_the_conv_output_to_a_larger_map_stays_out_of_its_epilogue() {
+    let c = coarsen(&se_gate(), &RuleSet::wgpu());
+    assert_eq!(
+        patterns(&c),
+        ["GlobalAveragePool", "Conv+Sigmoid", "Mul"],
+        "the Mul would make 144 values of a Conv that computes 4"
+    );
+    let why: Vec<&String> = c.refused.keys().collect();
+    assert!(
+        why.iter()
+            .any(|r| r.contains("Mul would broadcast the output of Conv")),
+        "{why:?}"
+    );
+    // The gate's Mul on its own broadcasts both operands: that is an element-wise kernel.
+    let mul = &c.groups[2].signature;
+    assert_eq!(mul.class, KernelClass::Eltwise);
+    assert_eq!(mul.shapes[0].dims, [1, 4, 6, 6]);
+    // The CPU rules keep their own epilogue list (Mul is not in the conv epilogue there).
+    assert!(coarsen(&se_gate(), &RuleSet::cpu()).refused.is_empty());
+}
+
+#[test]
+fn a_non_commutative_op_reading_the_chain_value_second_is_not_fused() {
+    // RMSNorm written out: x / sqrt(mean(x^2) + eps). The Div reads the chain's value as its
+    // divisor, which the epilogue (value first) cannot say.
+    let m = import(
+        ModelBuilder::new("rms")
+            .input("x", F, &[1, 4, 8])
+            .initializer("eps", &[])
+            .node("Relu", &["x"], &["r"])
+            .node("Sqrt", &["r"], &["s"])
+            .node("Div", &["x", "s"], &["y"])
+            .output("y", F, &[1, 4, 8]),
+    );
+    let c = coarsen(&m, &RuleSet::wgpu());
+    assert_eq!(patterns(&c), ["Relu+Sqrt", "Div"]);
+    assert!(
+        c.refused
+            .keys()
+            .any(|r| r.contains("Div reads the chain's value as operand 1")),
+        "{:?}",
+        c.refused
+    );
+    // A commutative op may take it second: Add(x, s) is s + x.
+    let m = import(
+        ModelBuilder::new("add")
+            .input("x", F, &[1, 4, 8])
+            .input("z", F, &[1, 4, 8])
+            .node("Sqrt", &["x"], &["s"])
+            .node("Add", &["z", "s"], &["y"])
+            .output("y", F, &[1, 4, 8]),
+    );
+    assert_eq!(patterns(&coarsen(&m, &RuleSet::wgpu())), ["Sqrt+Add"]);
+}
+
+#[test]
+fn signatures_carry_each_nodes_shape_and_name_them_in_the_key_when_they_differ() {
+    let c = coarsen(&se_gate(), &RuleSet::wgpu());
+    let conv = &c.groups[1].signature;
+    assert_eq!(conv.shapes.len(), 2);
+    assert!(conv.shapes.iter().all(|s| s.dims == [1, 4, 1, 1]));
+    assert!(!conv.key().contains('<'), "{}", conv.key());
+    // A view after a bias add, read by two kernels, joins its producer: the bias broadcasts
+    // at [1,12], the kernel writes [1,3,4].
+    let m = import(
+        ModelBuilder::new("mid")
+            .input("x", F, &[1, 12])
+            .initializer("w", &[12, 12])
+            .initializer("b", &[12])
+            .initializer_i64("shape", &[1, 3, 4])
+            .node("MatMul", &["x", "w"], &["mm"])
+            .node("Add", &["mm", "b"], &["a"])
+            .node("Reshape", &["a", "shape"], &["r"])
+            .node("Relu", &["r"], &["y1"])
+            .node("Sigmoid", &["r"], &["y2"])
+            .output("y1", F, &[1, 3, 4])
+            .output("y2", F, &[1, 3, 4]),
+    );
+    let c = coarsen(&m, &RuleSet::wgpu());
+    // The view joins the Add before any epilogue forms (view rules come first). A view at the
+    // end reshapes to the output: the key need not name the shapes.
+    assert_eq!(patterns(&c), ["MatMul", "Add+Reshape", "Relu", "Sigmoid"]);
+    let sig = &c.groups[1].signature;
+    let dims: Vec<&[usize]> = sig.shapes.iter().map(|s| s.dims.as_slice()).collect();
+    assert_eq!(dims, [&[1, 12][..], &[1, 3, 4]]);
+    assert!(!sig.key().contains('<'), "{}", sig.key());
+    // A view in front of a computation: its target is a value the boundary does not hold.
+    let m = import(
+        ModelBuilder::new("front")
+            .input("x", F, &[1, 12])
+            .initializer("b", &[4])
+            .initializer_i64("shape", &[3, 4])
+            .node("Reshape", &["x", "shape"], &["r"])
+            .node("Add", &["r", "b"], &["y"])
+            .output("y", F, &[3, 4]),
+    );
+    let c = coarsen(&m, &RuleSet::wgpu());
+    assert_eq!(patterns(&c), ["Reshape+Add"]);
+    let key = c.groups[0].signature.key();
+    assert!(key.ends_with("<f32[3x4],f32[3x4]>"), "{key}");
+}

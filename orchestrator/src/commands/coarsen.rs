@@ -127,6 +127,10 @@ pub fn run(args: CoarsenArgs) -> Result<()> {
             for (sig, count) in &sigs {
                 t.push_str(&format!("  {count:>3}x {}\n", sig.key()));
             }
+            // What the rules would have fused but the kernels could not compute right.
+            for (why, count) in &c.refused {
+                t.push_str(&format!("  kept apart {count}x: {why}\n"));
+            }
             t
         };
         let reader_left = !emit(&text)?;

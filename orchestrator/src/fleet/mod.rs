@@ -395,6 +395,7 @@ mod tests {
             flops: n as u64,
             bytes: 8 * n as u64,
             dag: None,
+            shapes: Vec::new(),
         }
     }
 

@@ -186,6 +186,7 @@ mod tests {
             flops,
             bytes,
             dag: None,
+            shapes: Vec::new(),
         }
     }
 

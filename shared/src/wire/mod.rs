@@ -35,7 +35,7 @@ pub use topic::{Topic, TopicKind};
 
 /// Version of the wire protocol, the first byte of every payload. Bumped on any change of a
 /// message layout.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Longest agent name, board class or adapter name, in bytes.
 pub const NAME_LEN: usize = 32;

@@ -98,6 +98,7 @@ mod tests {
             flops: 1_000_000,
             bytes: 20_000,
             dag: None,
+            shapes: Vec::new(),
         }
     }
 
