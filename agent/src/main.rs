@@ -133,10 +133,13 @@ enum Command {
         warmups: usize,
         #[arg(long, default_value_t = 20)]
         runs: usize,
-        /// Also check every GPU kernel against tract at load (part of the load time); a
-        /// kernel differing by more than this (relative) runs on the CPU.
+        /// Tolerance of the check of every GPU kernel against tract at load (part of the
+        /// load time, as when serving); a kernel differing by more (relative) runs on tract.
+        #[arg(long, default_value_t = moirai_agent::exec::gpu_share::VERIFY_TOL)]
+        verify: f32,
+        /// Time the raw GPU kernels: skip the check.
         #[arg(long)]
-        verify: Option<f32>,
+        no_verify: bool,
     },
 }
 
@@ -326,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             warmups,
             runs,
             verify,
+            no_verify,
         } => bench_share(
             &model,
             input,
@@ -334,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             moirai_agent::exec::compare::BenchOptions {
                 warmups,
                 runs,
-                verify,
+                verify: (!no_verify).then_some(verify),
             },
         ),
         Command::BenchKernels {
@@ -381,25 +385,35 @@ fn bench_share(
         bail!("--stage must be in 1..={}", shares.len());
     }
     let mut feed = Feed::new();
-    let default_input = path
-        .parent()
-        .map(|d| d.join("test_data_set_0/input_0.pb"))
-        .filter(|p| p.is_file() && model.inputs().len() == 1);
-    match input.or(default_input) {
-        Some(p) => {
-            let t = tensor::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            println!("input {} from {}", model.inputs()[0].name, p.display());
-            feed.insert(model.inputs()[0].name.clone(), (t.dims, t.values));
-        }
-        None => {
-            let mut rng = fastrand::Rng::with_seed(1);
-            for t in model.inputs() {
-                let n = t.elements() as usize;
-                println!("input {} {:?}: random values", t.name, t.dims);
-                let v = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
-                feed.insert(t.name.clone(), (t.dims.clone(), v));
+    // The model's own test data beside it when there is one, one file per input.
+    let data = path.parent().map(|d| d.join("test_data_set_0"));
+    let default_input = |i: usize| {
+        data.as_ref()
+            .map(|d| d.join(format!("input_{i}.pb")))
+            .filter(|p| p.is_file())
+    };
+    let mut rng = fastrand::Rng::with_seed(1);
+    for (i, spec) in model.inputs().iter().enumerate() {
+        let file = if i == 0 {
+            input.clone().or_else(|| default_input(0))
+        } else {
+            default_input(i)
+        };
+        let value = match file {
+            Some(p) => {
+                let t = tensor::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                println!("input {} from {}", spec.name, p.display());
+                t.value
             }
-        }
+            None => {
+                println!(
+                    "input {} {:?}{:?}: random values",
+                    spec.name, spec.dtype, spec.dims
+                );
+                random_value(&mut rng, spec)
+            }
+        };
+        feed.insert(spec.name.clone(), value);
     }
     let (spec, _) = &shares[stage - 1];
     println!(
@@ -424,12 +438,14 @@ fn bench_share(
     if let Some(p) = &b.gpu_placement {
         println!("GPU executor: {p}");
     }
-    if let (Some(tol), Some(_)) = (opts.verify, &b.gpu) {
+    if let (Some(tol), Some(v)) = (opts.verify, &b.verified) {
         println!(
-            "kernels checked against tract at load: {} differ by more than {tol:e}",
-            b.mismatches.len()
+            "kernels checked against tract at load: {} checked in {:.1} ms, {} differ by more than {tol:e}",
+            v.checked,
+            v.ms,
+            v.mismatches.len()
         );
-        for m in &b.mismatches {
+        for m in &v.mismatches {
             println!("  {} ({}): {:e}", m.group, m.pattern, m.rel_diff);
         }
     }
@@ -494,4 +510,24 @@ fn model_signatures(
         sigs.len()
     );
     Ok(sigs)
+}
+
+/// Sample values for an input: floats in [-1, 1), integers 0 or 1 (a valid id or index in
+/// any table), booleans true.
+fn random_value(
+    rng: &mut fastrand::Rng,
+    spec: &moirai_shared::wire::data::TensorSpec,
+) -> moirai_shared::tensor::TensorValue {
+    use moirai_shared::kernel::DType;
+    use moirai_shared::tensor::{Number, TensorValue};
+    let n = spec.elements() as usize;
+    let numbers: Vec<Number> = (0..n)
+        .map(|_| match spec.dtype {
+            DType::F32 | DType::F16 => Number::Float(f64::from(rng.f32() * 2.0 - 1.0)),
+            DType::Bool => Number::Int(1),
+            _ => Number::Int(i64::from(rng.bool())),
+        })
+        .collect();
+    TensorValue::from_numbers(spec.dtype, &spec.dims, &numbers)
+        .unwrap_or_else(|_| TensorValue::f32(&spec.dims, vec![0.0; n]))
 }

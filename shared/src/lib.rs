@@ -8,6 +8,7 @@
 //! - [`kernel`]: the signature of a fused kernel, the unit agents profile and execute.
 //! - [`device`]: board classes ([`device::BoardSpec`]) and clusters ([`device::Cluster`]).
 //! - [`cost`]: the roofline cost model, the profile table that replaces it, link transfer times.
+//! - [`tensor`]: tensor values of every boundary dtype, as requests and activations carry them.
 //! - [`wire`]: the MQTT topics and messages between orchestrator and agents.
 //!
 //! No async and no I/O here: everything is plain data and pure functions, so both sides and
@@ -19,6 +20,7 @@ pub mod graph;
 pub mod ids;
 pub mod kernel;
 pub mod plan;
+pub mod tensor;
 pub mod wire;
 
 pub use graph::Graph;

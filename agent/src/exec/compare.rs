@@ -12,10 +12,11 @@ use std::time::Instant;
 use moirai_orchestrator::infer::model::InferModel;
 use moirai_orchestrator::infer::split::{split, SplitError};
 use moirai_orchestrator::infer::submodel::{self, SubmodelError};
+use moirai_shared::tensor::{rel_diff, TensorValue};
 use moirai_shared::wire::data::SubgraphSpec;
 use tract_onnx::pb;
 
-use super::gpu_share::{GpuShareError, GpuShareExec, Mismatch};
+use super::gpu_share::{GpuShareError, GpuShareExec, LoadOptions, VerifyReport};
 use super::subgraph::{NamedTensors, SubgraphError, SubgraphExec};
 use crate::gpu::context::GpuContext;
 
@@ -54,7 +55,7 @@ pub enum CompareError {
 pub type Share = (SubgraphSpec, pb::ModelProto);
 
 /// Inputs of a request by tensor name.
-pub type Feed = HashMap<String, (Vec<u64>, Vec<f32>)>;
+pub type Feed = HashMap<String, TensorValue>;
 
 /// The model cut into `stages` shares of consecutive groups (as equal in group count as
 /// can be), in pipeline order.
@@ -97,8 +98,8 @@ pub fn stage_shares(model: &InferModel, stages: usize) -> Result<Vec<Share>, Com
 
 /// Adds a request's outputs to what is known.
 pub fn absorb(known: &mut Feed, outputs: NamedTensors) {
-    for (name, dims, values) in outputs {
-        known.insert(name, (dims, values));
+    for (name, value) in outputs {
+        known.insert(name, value);
     }
 }
 
@@ -134,8 +135,9 @@ pub struct ShareBench {
     pub gpu_placement: Option<String>,
     /// max|gpu - tract| / max|tract| over the share's outputs.
     pub max_rel_diff: Option<f32>,
-    /// Kernels that failed the load-time check (when asked for), now on the CPU.
-    pub mismatches: Vec<Mismatch>,
+    /// What the load-time check of the GPU kernels did (when asked for): part of the GPU
+    /// executor's load time.
+    pub verified: Option<VerifyReport>,
 }
 
 fn time<E>(
@@ -157,31 +159,19 @@ fn time<E>(
     Ok((ms, last))
 }
 
-/// max|got - want| / max|want| over matching tensors.
+/// max|got - want| / max|want| over matching tensors ([`rel_diff`]); infinite when one is
+/// missing or differs in type or shape.
 pub fn max_rel_diff(got: &NamedTensors, want: &NamedTensors) -> f32 {
-    let mut worst = 0.0f32;
-    for (name, _, w) in want {
-        let Some((_, _, g)) = got.iter().find(|(n, _, _)| n == name) else {
-            return f32::INFINITY;
-        };
-        if g.len() != w.len() {
-            return f32::INFINITY;
-        }
-        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let d = g
+    let mut worst = 0.0f64;
+    for (name, w) in want {
+        let d = got
             .iter()
-            .zip(w)
-            .map(|(a, b)| {
-                if a.is_nan() {
-                    f32::INFINITY
-                } else {
-                    (a - b).abs()
-                }
-            })
-            .fold(0.0, f32::max);
-        worst = worst.max(d / scale);
+            .find(|(n, _)| n == name)
+            .and_then(|(_, g)| rel_diff(g, w))
+            .unwrap_or(f64::INFINITY);
+        worst = worst.max(d);
     }
-    worst
+    worst as f32
 }
 
 /// How to run [`bench_share`].
@@ -189,8 +179,8 @@ pub fn max_rel_diff(got: &NamedTensors, want: &NamedTensors) -> f32 {
 pub struct BenchOptions {
     pub warmups: usize,
     pub runs: usize,
-    /// Check each GPU kernel against tract at load with this tolerance
-    /// ([`GpuShareExec::verify`]).
+    /// Check each GPU kernel against tract at load with this tolerance (`None`: the raw
+    /// kernels, unchecked).
     pub verify: Option<f32>,
 }
 
@@ -234,7 +224,7 @@ pub fn bench_share(
             gpu: None,
             gpu_placement: None,
             max_rel_diff: None,
-            mismatches: Vec::new(),
+            verified: None,
         });
     };
     let gpu_err = |source| CompareError::Gpu {
@@ -242,11 +232,11 @@ pub fn bench_share(
         source: Box::new(source),
     };
     let t0 = Instant::now();
-    let mut exec = GpuShareExec::load(ctx, sub, spec).map_err(gpu_err)?;
-    let mismatches = match verify {
-        Some(tol) => exec.verify(tol).map_err(gpu_err)?,
-        None => Vec::new(),
+    let load = LoadOptions {
+        verify,
+        ..LoadOptions::default()
     };
+    let exec = GpuShareExec::load_with(ctx, sub, spec, load).map_err(gpu_err)?;
     let gpu_load = t0.elapsed().as_secs_f64() * 1e3;
     let (gpu_ms, got) = time(warmups, runs, || exec.run(&feed)).map_err(gpu_err)?;
     Ok(ShareBench {
@@ -257,6 +247,6 @@ pub fn bench_share(
         }),
         gpu_placement: Some(exec.summary()),
         max_rel_diff: Some(max_rel_diff(&got, &want)),
-        mismatches,
+        verified: verify.map(|_| exec.verified.clone()),
     })
 }

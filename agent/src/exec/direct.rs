@@ -294,8 +294,8 @@ mod tests {
     use moirai_shared::wire::{encode, truncated};
 
     fn chunk(request: u64) -> ActivationChunk {
-        moirai_shared::wire::data::activation_chunks(request, 1, "x", &[1, 3], &[1.0, 2.0, 3.0])
-            .remove(0)
+        let value = moirai_shared::tensor::TensorValue::f32(&[1, 3], vec![1.0, 2.0, 3.0]);
+        moirai_shared::wire::data::activation_chunks(request, 1, "x", &value).remove(0)
     }
 
     #[tokio::test]

@@ -9,7 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use moirai_shared::tensor::TensorValue;
 use moirai_shared::wire::data::{SubgraphSpec, TensorSpec};
+
+use super::values::{from_tract, to_tract};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -31,11 +34,17 @@ pub enum SubgraphError {
     Compile { epoch: u64, message: String },
     #[error("input `{0}` missing")]
     MissingInput(String),
-    #[error("input `{name}`: {got} values for shape {dims:?}")]
+    #[error("input `{name}` is {got}; the share takes {want}")]
     InputShape {
         name: String,
-        dims: Vec<u64>,
-        got: usize,
+        got: String,
+        want: String,
+    },
+    #[error("tensor `{name}`: {source}")]
+    Value {
+        name: String,
+        #[source]
+        source: super::values::ValueError,
     },
     #[error("tract: {0}")]
     Run(String),
@@ -92,8 +101,31 @@ pub fn check_ops(model: &pb::ModelProto, epoch: u64) -> Result<(), SubgraphError
     }
 }
 
-/// Tensors by name with their shapes: what a share reads or writes for one request.
-pub type NamedTensors = Vec<(String, Vec<u64>, Vec<f32>)>;
+/// Tensors by name: what a share writes for one request.
+pub type NamedTensors = Vec<(String, TensorValue)>;
+
+/// Checks that `inputs` has each tensor of `specs` with its element type and shape.
+pub fn check_inputs<'a>(
+    specs: &'a [TensorSpec],
+    inputs: &'a HashMap<String, TensorValue>,
+) -> Result<Vec<(&'a TensorSpec, &'a TensorValue)>, SubgraphError> {
+    specs
+        .iter()
+        .map(|spec| {
+            let v = inputs
+                .get(&spec.name)
+                .ok_or_else(|| SubgraphError::MissingInput(spec.name.clone()))?;
+            if v.dtype() != spec.dtype || v.dims != spec.dims {
+                return Err(SubgraphError::InputShape {
+                    name: spec.name.clone(),
+                    got: format!("{:?}{:?} ({} values)", v.dtype(), v.dims, v.elements()),
+                    want: format!("{:?}{:?}", spec.dtype, spec.dims),
+                });
+            }
+            Ok((spec, v))
+        })
+        .collect()
+}
 
 /// A compiled share.
 pub struct SubgraphExec {
@@ -125,18 +157,13 @@ impl SubgraphExec {
     /// Runs one request: `inputs` by tensor name; returns the outputs by name.
     pub fn run(
         &self,
-        inputs: &HashMap<String, (Vec<u64>, Vec<f32>)>,
+        inputs: &HashMap<String, TensorValue>,
     ) -> Result<NamedTensors, SubgraphError> {
         let mut feed: TVec<TValue> = TVec::new();
-        for spec in &self.inputs {
-            let (dims, values) = inputs
-                .get(&spec.name)
-                .ok_or_else(|| SubgraphError::MissingInput(spec.name.clone()))?;
-            let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
-            let t = Tensor::from_shape(&shape, values).map_err(|_| SubgraphError::InputShape {
+        for (spec, v) in check_inputs(&self.inputs, inputs)? {
+            let t = to_tract(v).map_err(|source| SubgraphError::Value {
                 name: spec.name.clone(),
-                dims: dims.clone(),
-                got: values.len(),
+                source,
             })?;
             feed.push(t.into());
         }
@@ -147,18 +174,11 @@ impl SubgraphExec {
         outs.into_iter()
             .zip(&self.outputs)
             .map(|(v, name)| {
-                let t = v.into_tensor();
-                let dims = t.shape().iter().map(|&d| d as u64).collect();
-                let t = t
-                    .cast_to::<f32>()
-                    .map_err(|e| SubgraphError::Run(format!("{e:#}")))?;
-                let values: Vec<f32> = t
-                    .to_plain_array_view::<f32>()
-                    .map_err(|e| SubgraphError::Run(format!("{e:#}")))?
-                    .iter()
-                    .copied()
-                    .collect();
-                Ok((name.clone(), dims, values))
+                let value = from_tract(v.into_tensor()).map_err(|source| SubgraphError::Value {
+                    name: name.clone(),
+                    source,
+                })?;
+                Ok((name.clone(), value))
             })
             .collect()
     }

@@ -21,11 +21,13 @@
 
 use moirai_orchestrator::bus::publish;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moirai_orchestrator::infer::submodel;
+use moirai_shared::cost::Verdict;
+use moirai_shared::tensor::TensorValue;
 use moirai_shared::wire::data::{
     activation_chunks, ActivationChunk, Destination, DirectAddr, ExecStatus, SubgraphSpec,
     TensorAssembly, WeightAssembly, WeightChunk,
@@ -39,9 +41,11 @@ use tracing::{debug, info, warn};
 use tract_onnx::pb;
 
 use super::direct::{DirectLinks, DirectStats};
-use super::gpu_share::GpuShareExec;
+use super::gpu_share::{Fault, GpuShareExec, LoadOptions, Where, VERIFY_TOL};
 use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
+use super::watch::RunWatch;
 use crate::gpu::context::{AdapterChoice, GpuContext};
+use crate::profile::store::ProfileStore;
 
 /// Plan epochs kept loaded.
 const KEEP_EPOCHS: usize = 3;
@@ -86,6 +90,22 @@ pub struct WorkerOptions {
     pub direct: Option<DirectOptions>,
     /// Chunks per data path (for logs and tests).
     pub direct_stats: Arc<DirectStats>,
+    /// The board class's profile store (`moirai-profiles/v1`): the verdicts of the GPU
+    /// kernels it has checked are read from it and new ones written back, so a kernel
+    /// signature is checked once per board class.
+    pub profiles: Option<PathBuf>,
+    /// How long a request may take on the executor before it fails (default: 20 times the
+    /// plan's predicted makespan, at least 5 s).
+    pub run_deadline: Option<Duration>,
+    /// A fault injected on purpose (tests of how failures are answered).
+    pub fault: Option<Fault>,
+}
+
+/// The deadline of a request of `spec`'s epoch.
+fn run_deadline(opts: &WorkerOptions, spec: &SubgraphSpec) -> Duration {
+    opts.run_deadline.unwrap_or_else(|| {
+        Duration::from_secs_f64((spec.predicted_ms.max(0.0) * 20.0 / 1e3).clamp(5.0, 600.0))
+    })
 }
 
 /// Where this agent takes activations over TCP ([`super::direct`]).
@@ -100,8 +120,8 @@ pub struct DirectOptions {
 /// Which executor runs the shares.
 #[derive(Clone, Debug, Default)]
 pub enum ExecutorChoice {
-    /// The wgpu adapter so chosen, or tract when the board has none. With `verify`, each
-    /// share's kernels are checked against tract at load ([`GpuShareExec::verify`]).
+    /// The wgpu adapter so chosen, or tract when the board has none. With `verify` (the
+    /// default), every GPU kernel is checked against its group on tract before it serves.
     Wgpu {
         adapter: AdapterChoice,
         verify: bool,
@@ -128,10 +148,28 @@ enum Share {
 }
 
 impl Share {
-    fn run(&self, inputs: &HashMap<String, (Vec<u64>, Vec<f32>)>) -> Result<NamedTensors, String> {
+    fn run(&self, inputs: &HashMap<String, TensorValue>) -> Result<NamedTensors, String> {
         match self {
-            Share::Tract(e) => e.run(inputs).map_err(|e| e.to_string()),
+            Share::Tract(e) => e
+                .run(inputs)
+                .map_err(|e| format!("the share on tract: {e}")),
             Share::Gpu(e) => e.run(inputs).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// What a Ready status says of the share: its groups on the GPU and on tract.
+    fn counts(&self) -> (u32, u32, u32) {
+        match self {
+            Share::Tract(_) => (0, 0, 0),
+            Share::Gpu(e) => {
+                let tract = e
+                    .placements()
+                    .iter()
+                    .filter(|p| matches!(p.on, Where::Cpu(_)))
+                    .count() as u32;
+                let all = e.placements().len() as u32;
+                (all - tract, tract, e.verified.mismatches.len() as u32)
+            }
         }
     }
 }
@@ -168,32 +206,34 @@ fn open_executor(choice: &ExecutorChoice) -> (Option<Arc<GpuContext>>, ExecutorI
     }
 }
 
-/// Tolerance of `--verify-kernels` (max|gpu - tract| / max|tract| per kernel).
-const VERIFY_TOL: f32 = 1e-3;
-
 /// Loads a share on the GPU when there is one (tract for the whole share if the GPU
-/// executor refuses it), else on tract.
+/// executor refuses it), else on tract. With `verify`, every GPU kernel is checked against
+/// tract first, `verdicts` holding what this board class already knows.
 fn load_share(
     gpu: Option<&Arc<GpuContext>>,
     verify: bool,
+    verdicts: &mut BTreeMap<String, Verdict>,
     sub: &pb::ModelProto,
     spec: &SubgraphSpec,
 ) -> Result<Share, String> {
     if let Some(ctx) = gpu {
-        let loaded = GpuShareExec::load(ctx.clone(), sub, spec).and_then(|mut exec| {
-            if verify {
-                let bad = exec.verify(VERIFY_TOL)?;
+        let opts = LoadOptions {
+            verify: verify.then_some(VERIFY_TOL),
+            verdicts: Some(verdicts),
+            ..LoadOptions::default()
+        };
+        match GpuShareExec::load_with(ctx.clone(), sub, spec, opts) {
+            Ok(exec) => {
+                let v = &exec.verified;
                 info!(
                     epoch = spec.epoch,
-                    differing = bad.len(),
-                    "kernels checked against tract"
+                    placement = %exec.summary(),
+                    checked = v.checked,
+                    known = v.known,
+                    differ = v.mismatches.len(),
+                    verify_ms = v.ms,
+                    "share on the GPU executor"
                 );
-            }
-            Ok(exec)
-        });
-        match loaded {
-            Ok(exec) => {
-                info!(epoch = spec.epoch, placement = %exec.summary(), "share on the GPU executor");
                 return Ok(Share::Gpu(exec));
             }
             Err(e) => {
@@ -221,7 +261,7 @@ enum Job {
     Run {
         epoch: u64,
         request: u64,
-        inputs: HashMap<String, (Vec<u64>, Vec<f32>)>,
+        inputs: HashMap<String, TensorValue>,
     },
 }
 
@@ -233,7 +273,8 @@ enum ModelSource {
 enum Done {
     Loaded {
         epoch: u64,
-        result: Result<f32, String>,
+        /// Load time and the (GPU, tract, differing) group counts.
+        result: Result<(f32, (u32, u32, u32)), String>,
     },
     Ran {
         epoch: u64,
@@ -242,23 +283,68 @@ enum Done {
     },
 }
 
+/// What the executor thread is set up with.
+struct ExecutorSetup {
+    choice: ExecutorChoice,
+    slowdown: Duration,
+    /// The board class and its profile store, for the kernels' verdicts.
+    board: String,
+    profiles: Option<PathBuf>,
+    fault: Option<Fault>,
+    /// Where the thread says which group it is running.
+    running: Arc<Mutex<String>>,
+}
+
+/// The verdicts the board class's profile store holds.
+fn read_verdicts(board: &str, path: Option<&Path>) -> BTreeMap<String, Verdict> {
+    let Some(path) = path else {
+        return BTreeMap::new();
+    };
+    match ProfileStore::open(path) {
+        Ok(s) => s.table.verified.get(board).cloned().unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, "kernel verdicts not read");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Writes the verdicts back into the profile store (its other entries kept).
+fn save_verdicts(board: &str, path: &Path, verdicts: &BTreeMap<String, Verdict>) {
+    let saved = ProfileStore::open(path).and_then(|mut s| {
+        for (k, v) in verdicts {
+            s.table.insert_verdict(board, k, *v);
+        }
+        s.save()
+    });
+    if let Err(e) = saved {
+        warn!(error = %e, "kernel verdicts not saved");
+    }
+}
+
 /// The executor thread: owns the GPU context (if any) and the compiled shares. It reports
 /// what runs the shares on `opened` first.
 fn executor(
-    choice: ExecutorChoice,
+    setup: ExecutorSetup,
     opened: tokio::sync::oneshot::Sender<ExecutorInfo>,
     jobs: std::sync::mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Done>,
-    slowdown: Duration,
 ) {
-    let (gpu, info) = open_executor(&choice);
-    let verify = matches!(choice, ExecutorChoice::Wgpu { verify: true, .. });
+    let (gpu, info) = open_executor(&setup.choice);
+    let verify = matches!(setup.choice, ExecutorChoice::Wgpu { verify: true, .. });
     let _ = opened.send(info);
+    let mut verdicts = read_verdicts(&setup.board, setup.profiles.as_deref());
     let mut loaded: VecDeque<(u64, Share)> = VecDeque::new();
+    let set_running = |what: &str| {
+        let mut r = setup.running.lock().unwrap_or_else(|p| p.into_inner());
+        r.clear();
+        r.push_str(what);
+    };
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Load { spec, source } => {
                 let t0 = Instant::now();
+                let known = verdicts.len();
                 let result = (|| -> Result<Share, String> {
                     let sub = match source {
                         ModelSource::Local(full) => {
@@ -268,15 +354,26 @@ fn executor(
                             submodel::decode_model(&bytes).map_err(|e| e.to_string())?
                         }
                     };
-                    load_share(gpu.as_ref(), verify, &sub, &spec)
+                    let mut share = load_share(gpu.as_ref(), verify, &mut verdicts, &sub, &spec)?;
+                    if let (Share::Gpu(e), Some(f)) = (&mut share, &setup.fault) {
+                        e.inject(f.clone());
+                    }
+                    if let Share::Gpu(e) = &mut share {
+                        e.report_progress_to(setup.running.clone());
+                    }
+                    Ok(share)
                 })();
+                if let (Some(path), true) = (&setup.profiles, verdicts.len() > known) {
+                    save_verdicts(&setup.board, path, &verdicts);
+                }
                 let result = result.map(|exec| {
+                    let counts = exec.counts();
                     loaded.retain(|(e, _)| *e != spec.epoch);
                     loaded.push_back((spec.epoch, exec));
                     while loaded.len() > KEEP_EPOCHS {
                         loaded.pop_front();
                     }
-                    t0.elapsed().as_secs_f32() * 1e3
+                    (t0.elapsed().as_secs_f32() * 1e3, counts)
                 });
                 let _ = done.send(Done::Loaded {
                     epoch: spec.epoch,
@@ -288,7 +385,8 @@ fn executor(
                 request,
                 inputs,
             } => {
-                std::thread::sleep(slowdown);
+                std::thread::sleep(setup.slowdown);
+                set_running("");
                 let result = match loaded.iter().find(|(e, _)| *e == epoch) {
                     Some((_, exec)) => exec.run(&inputs).map_err(|e| e.to_string()),
                     None => Err(format!("epoch {epoch} is not loaded here")),
@@ -307,7 +405,7 @@ fn executor(
 #[derive(Default)]
 struct Pending {
     parts: HashMap<String, TensorAssembly>,
-    whole: HashMap<String, (Vec<u64>, Vec<f32>)>,
+    whole: HashMap<String, TensorValue>,
 }
 
 /// Hashes the local model copies.
@@ -370,12 +468,19 @@ pub async fn run(
     eventloop.set_network_options(net);
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let slowdown = opts.slowdown;
-    let choice = opts.executor.clone();
+    let exec_running = Arc::new(Mutex::new(String::new()));
+    let setup = ExecutorSetup {
+        choice: opts.executor.clone(),
+        slowdown: opts.slowdown,
+        board: opts.board.clone(),
+        profiles: opts.profiles.clone(),
+        fault: opts.fault.clone(),
+        running: exec_running.clone(),
+    };
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
     let exec_thread = std::thread::Builder::new()
         .name(format!("exec-{}", opts.name))
-        .spawn(move || executor(choice, opened_tx, job_rx, done_tx, slowdown))
+        .spawn(move || executor(setup, opened_tx, job_rx, done_tx))
         .map_err(WorkerError::Runtime)?;
     let exec_info = opened_rx.await.map_err(|_| {
         WorkerError::Runtime(std::io::Error::other("the executor thread ended at start"))
@@ -435,6 +540,12 @@ pub async fn run(
     let mut weights = WeightAssembly::default();
     let mut pending: BTreeMap<(u64, u64), Pending> = BTreeMap::new();
     let mut finished: VecDeque<(u64, u64)> = VecDeque::new();
+    // Epochs whose share did not load, and why: their requests are answered at once.
+    let mut refused: BTreeMap<u64, String> = BTreeMap::new();
+    let mut watch = RunWatch::default();
+    let mut watchdog = tokio::time::interval(Duration::from_millis(100));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let t0 = Instant::now();
     let status = |s: &ExecStatus| {
         publish(
             &client,
@@ -493,7 +604,7 @@ pub async fn run(
                             }
                             if spec.nodes.is_empty() {
                                 specs.insert(epoch, (spec, true));
-                                status(&ExecStatus::Ready { epoch, load_ms: 0.0 });
+                                status(&ExecStatus::Ready { epoch, load_ms: 0.0, gpu_groups: 0, tract_groups: 0, differ: 0 });
                                 continue;
                             }
                             if let Err(e) = check_memory(&spec, opts.memory_bytes) {
@@ -541,7 +652,13 @@ pub async fn run(
                                 Ok(c) => c,
                                 Err(e) => { warn!(error = %e, "bad activation chunk dropped"); continue; }
                             };
-                            take_chunk(c, &specs, &mut pending, &mut finished, &job_tx);
+                            if let Some(epoch_refused) = refused.get(&c.epoch) {
+                                debug!(epoch = c.epoch, reason = %epoch_refused, "chunk of a refused epoch");
+                                status(&ExecStatus::Failed { epoch: c.epoch, request: c.request, reason: format!("agent {}: the share did not load: {epoch_refused}", opts.name) });
+                                continue;
+                            }
+                            let run = take_chunk(c, &specs, &mut pending, &mut finished);
+                            launch(run, &specs, &opts, &mut watch, t0.elapsed(), &job_tx, &status);
                         }
                         _ => {}
                     }
@@ -552,7 +669,10 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
-            Some(c) = direct_rx.recv() => take_chunk(c, &specs, &mut pending, &mut finished, &job_tx),
+            Some(c) = direct_rx.recv() => {
+                let run = take_chunk(c, &specs, &mut pending, &mut finished);
+                launch(run, &specs, &opts, &mut watch, t0.elapsed(), &job_tx, &status);
+            }
             Some((peer, frame)) = fallback_rx.recv() => {
                 // The direct path failed under this chunk: the broker carries it.
                 if let Err(e) = client.try_publish(topics.infer(&peer, InferKind::Act), QoS::AtLeastOnce, false, frame) {
@@ -561,28 +681,41 @@ pub async fn run(
             }
             Some(done) = done_rx.recv() => match done {
                 Done::Loaded { epoch, result } => match result {
-                    Ok(load_ms) => {
+                    Ok((load_ms, (gpu_groups, tract_groups, differ))) => {
                         if let Some((_, ready)) = specs.get_mut(&epoch) {
                             *ready = true;
                         }
-                        info!(epoch, load_ms, "share loaded");
-                        status(&ExecStatus::Ready { epoch, load_ms });
+                        info!(epoch, load_ms, gpu_groups, tract_groups, differ, "share loaded");
+                        status(&ExecStatus::Ready { epoch, load_ms, gpu_groups, tract_groups, differ });
                         let keys: Vec<_> = pending.keys().filter(|k| k.0 == epoch).copied().collect();
                         for key in keys {
-                            try_run(&specs, &mut pending, &mut finished, key, &job_tx);
+                            let run = try_run(&specs, &mut pending, &mut finished, key);
+                            launch(run, &specs, &opts, &mut watch, t0.elapsed(), &job_tx, &status);
                         }
                     }
                     Err(reason) => {
                         warn!(epoch, %reason, "assignment refused");
+                        // Requests of that epoch whose inputs are here are answered now.
+                        let held: Vec<_> = pending.keys().filter(|k| k.0 == epoch).copied().collect();
+                        for key in held {
+                            pending.remove(&key);
+                            status(&ExecStatus::Failed { epoch, request: key.1, reason: format!("agent {}: the share did not load: {reason}", opts.name) });
+                        }
+                        refused.insert(epoch, reason.clone());
                         status(&ExecStatus::Refused { epoch, reason });
                     }
                 },
-                Done::Ran { epoch, request, result } => match result {
+                Done::Ran { epoch, request, result } => {
+                    if !watch.finish((epoch, request)) {
+                        debug!(epoch, request, "a late result, already answered as failed, dropped");
+                        continue;
+                    }
+                    match result {
                     Ok(outputs) => {
                         let Some((spec, _)) = specs.get(&epoch) else { continue };
-                        for (tensor, dims, values) in outputs {
+                        for (tensor, value) in outputs {
                             let Some(route) = spec.outputs.iter().find(|o| o.tensor.name == tensor) else { continue };
-                            let chunks = activation_chunks(request, epoch, &tensor, &dims, &values);
+                            let chunks = activation_chunks(request, epoch, &tensor, &value);
                             for to in &route.to {
                                 let (peer, topic) = match to {
                                     Destination::Agent(a) => (Some(a.as_str()), topics.infer(a, InferKind::Act)),
@@ -610,10 +743,18 @@ pub async fn run(
                     }
                     Err(reason) => {
                         warn!(epoch, request, %reason, "request failed");
-                        status(&ExecStatus::Failed { epoch, request, reason });
+                        status(&ExecStatus::Failed { epoch, request, reason: format!("agent {}: {reason}", opts.name) });
                     }
-                },
+                    }
+                }
             },
+            _ = watchdog.tick(), if !watch.is_empty() => {
+                let running = exec_running.lock().map(|r| r.clone()).unwrap_or_default();
+                for ((epoch, request), reason) in watch.overdue(t0.elapsed(), &running) {
+                    warn!(epoch, request, %reason, "request overran its deadline");
+                    status(&ExecStatus::Failed { epoch, request, reason: format!("agent {}: {reason}", opts.name) });
+                }
+            }
         }
     }
     if let Some(server) = direct_server {
@@ -644,21 +785,31 @@ pub async fn run(
     })
     .await;
     drop(job_tx);
-    let _ = exec_thread.join();
+    // The executor finishes its job and ends; one stuck in a hung kernel is left behind (the
+    // process ending takes it) rather than holding up the shutdown.
+    let joined = tokio::task::spawn_blocking(move || exec_thread.join());
+    if tokio::time::timeout(Duration::from_secs(2), joined)
+        .await
+        .is_err()
+    {
+        warn!("the executor thread is still busy (a stuck kernel?); not waiting for it");
+    }
     Ok(())
 }
 
-/// One chunk from either path: into its request's inputs, which run once complete.
+/// A request ready to run: its key and inputs.
+type Runnable = ((u64, u64), HashMap<String, TensorValue>);
+
+/// One chunk from either path: into its request's inputs; the request, once complete.
 fn take_chunk(
     c: ActivationChunk,
     specs: &BTreeMap<u64, (Arc<SubgraphSpec>, bool)>,
     pending: &mut BTreeMap<(u64, u64), Pending>,
     finished: &mut VecDeque<(u64, u64)>,
-    job_tx: &std::sync::mpsc::Sender<Job>,
-) {
+) -> Option<Runnable> {
     let key = (c.epoch, c.request);
     if finished.contains(&key) {
-        return;
+        return None;
     }
     if !pending.contains_key(&key) && pending.len() >= MAX_PENDING {
         // The oldest request never got all its inputs (its sender died).
@@ -674,7 +825,40 @@ fn take_chunk(
         Ok(None) => {}
         Err(e) => warn!(error = %e, "activation refused"),
     }
-    try_run(specs, pending, finished, key, job_tx);
+    try_run(specs, pending, finished, key)
+}
+
+/// Hands a request to the executor thread, due by its epoch's deadline; when the executor is
+/// stuck on an earlier one, answers it as failed at once.
+fn launch(
+    run: Option<Runnable>,
+    specs: &BTreeMap<u64, (Arc<SubgraphSpec>, bool)>,
+    opts: &WorkerOptions,
+    watch: &mut RunWatch,
+    now: Duration,
+    jobs: &std::sync::mpsc::Sender<Job>,
+    status: &dyn Fn(&ExecStatus),
+) {
+    let Some(((epoch, request), inputs)) = run else {
+        return;
+    };
+    let deadline = specs
+        .get(&epoch)
+        .map_or(Duration::from_secs(5), |(s, _)| run_deadline(opts, s));
+    match watch.start((epoch, request), now + deadline) {
+        Ok(()) => {
+            let _ = jobs.send(Job::Run {
+                epoch,
+                request,
+                inputs,
+            });
+        }
+        Err(reason) => status(&ExecStatus::Failed {
+            epoch,
+            request,
+            reason: format!("agent {}: {reason}", opts.name),
+        }),
+    }
 }
 
 /// Cuts a status's free text so it fits its size limit.
@@ -712,35 +896,26 @@ fn bounded_status(s: ExecStatus) -> ExecStatus {
     }
 }
 
-/// Sends a request to the executor once its epoch is loaded and all its inputs are in.
+/// A request whose epoch is loaded and whose inputs are all in, taken out of `pending`.
 fn try_run(
     specs: &BTreeMap<u64, (Arc<SubgraphSpec>, bool)>,
     pending: &mut BTreeMap<(u64, u64), Pending>,
     finished: &mut VecDeque<(u64, u64)>,
     key: (u64, u64),
-    jobs: &std::sync::mpsc::Sender<Job>,
-) {
+) -> Option<Runnable> {
     let Some((spec, true)) = specs.get(&key.0) else {
-        return;
+        return None;
     };
-    let Some(p) = pending.get(&key) else {
-        return;
-    };
+    let p = pending.get(&key)?;
     if !spec.inputs.iter().all(|t| p.whole.contains_key(&t.name)) {
-        return;
+        return None;
     }
-    let Some(p) = pending.remove(&key) else {
-        return;
-    };
+    let p = pending.remove(&key)?;
     finished.push_back(key);
     while finished.len() > 4096 {
         finished.pop_front();
     }
-    let _ = jobs.send(Job::Run {
-        epoch: key.0,
-        request: key.1,
-        inputs: p.whole,
-    });
+    Some((key, p.whole))
 }
 
 /// `moirai-agent infer-worker` options.
@@ -770,10 +945,18 @@ pub struct WorkerArgs {
     /// integrated > CPU).
     #[arg(long)]
     pub adapter: Option<String>,
-    /// Check every GPU kernel of a share against tract when it loads; a kernel that differs
-    /// runs on the CPU (slower loads).
+    /// Skip the check of every GPU kernel against tract before it serves (by default a
+    /// kernel that differs runs on tract; the check costs load time).
     #[arg(long)]
-    pub verify_kernels: bool,
+    pub no_verify_kernels: bool,
+    /// The board class's profile store (moirai-profiles/v1): kernel verdicts are read from
+    /// and written to it, so each kernel signature is checked once per board class.
+    #[arg(long)]
+    pub profiles: Option<PathBuf>,
+    /// Milliseconds a request may take on the executor before it fails (default: 20x the
+    /// plan's predicted makespan, at least 5 s).
+    #[arg(long)]
+    pub run_deadline_ms: Option<u64>,
     /// Also take activations from peers over TCP here (e.g. 0.0.0.0:7070; port 0 picks one),
     /// and send to peers that do the same directly; MQTT stays the fallback. No TLS.
     #[arg(long)]
@@ -814,7 +997,7 @@ impl WorkerArgs {
                         Some(a) => AdapterChoice::NameContains(a.clone()),
                         None => AdapterChoice::from_env(),
                     },
-                    verify: self.verify_kernels,
+                    verify: !self.no_verify_kernels,
                 },
             },
             direct: self.direct_listen.map(|listen| DirectOptions {
@@ -822,6 +1005,9 @@ impl WorkerArgs {
                 advertise: self.direct_advertise.clone(),
             }),
             direct_stats: Arc::default(),
+            profiles: self.profiles.clone(),
+            run_deadline: self.run_deadline_ms.map(Duration::from_millis),
+            fault: None,
         })
     }
 }
@@ -899,11 +1085,11 @@ mod tests {
         };
         assert!(matches!(
             parse(&[]),
-            ExecutorChoice::Wgpu { verify: false, .. }
+            ExecutorChoice::Wgpu { verify: true, .. }
         ));
         assert!(matches!(
-            parse(&["--verify-kernels"]),
-            ExecutorChoice::Wgpu { verify: true, .. }
+            parse(&["--no-verify-kernels"]),
+            ExecutorChoice::Wgpu { verify: false, .. }
         ));
         assert!(matches!(
             parse(&["--backend", "cpu"]),

@@ -125,7 +125,22 @@ pub fn gpu_dtype(d: DType) -> GpuDType {
 impl GpuKernel {
     /// Generates and compiles the kernel for this signature.
     pub fn build(ctx: &GpuContext, sig: &KernelSignature) -> Result<Self, KernelError> {
-        let plan = generate(sig, ctx)?;
+        Self::build_with(ctx, sig, None)
+    }
+
+    /// [`GpuKernel::build`], with each generated WGSL source passed through `edit` before it
+    /// compiles (a test corrupting a kernel on purpose).
+    pub fn build_with(
+        ctx: &GpuContext,
+        sig: &KernelSignature,
+        edit: Option<&dyn Fn(String) -> String>,
+    ) -> Result<Self, KernelError> {
+        let mut plan = generate(sig, ctx)?;
+        if let Some(edit) = edit {
+            for (src, _, _) in &mut plan.steps {
+                *src = edit(std::mem::take(src));
+            }
+        }
         let mut steps = Vec::with_capacity(plan.steps.len());
         // Steps often share a shader (one per row block): compile each source once.
         let mut compiled: Vec<(String, wgpu::ComputePipeline)> = Vec::new();

@@ -173,7 +173,7 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
             } else {
                 crate::exec::worker::ExecutorChoice::Wgpu {
                     adapter: choice.clone(),
-                    verify: false,
+                    verify: true,
                 }
             },
             direct: args
@@ -183,6 +183,9 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
                     advertise: args.direct_advertise.clone(),
                 }),
             direct_stats: Default::default(),
+            profiles: None,
+            run_deadline: None,
+            fault: None,
         }),
     };
     cfg.rollout = RolloutSetup {

@@ -76,9 +76,10 @@ pub fn run(args: InferArgs) -> Result<(), ClientError> {
             .to_string();
         let t = tensor::decode(&reply, std::path::Path::new("answer"))?;
         println!(
-            "request {id}: {} {:?} in {:.1} ms",
+            "request {id}: {} {:?}{:?} in {:.1} ms",
             t.name,
-            t.dims,
+            t.value.dtype(),
+            t.value.dims,
             t0.elapsed().as_secs_f64() * 1e3
         );
         last = Some(t);

@@ -2,8 +2,9 @@
 //! connection; no framework for two routes):
 //!
 //! - `POST /v1/infer`: the body is a JSON `{"inputs": [{"name", "dims", "values"}],
-//!   "timeout_ms"}` or, with `Content-Type: application/x-protobuf`, one ONNX TensorProto
-//!   for the model's first input. The answer is JSON (`id`, `epoch`, `latency_ms`,
+//!   "timeout_ms"}` (values are numbers, taken as the element type the model gives the input:
+//!   whole numbers for int64 token ids, 0/1 for bool) or, with `Content-Type:
+//!   application/x-protobuf`, one ONNX TensorProto for the model's first input. The answer is JSON (`id`, `epoch`, `latency_ms`,
 //!   `predicted_ms`, `reruns`, `outputs`) or, with `Accept: application/x-protobuf`, the first
 //!   output as a TensorProto; the request id is also in `X-Request-Id`. Errors are JSON
 //!   `{"error"}` with 400 (bad input), 503 (refused, no plan), 504 (timeout), 502 (an agent
@@ -11,12 +12,16 @@
 //! - `GET /v1/metrics`: Prometheus text: requests, re-runs, failures, measured latency
 //!   quantiles next to the plan's predicted makespan, and their ratio.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
+
+use moirai_shared::tensor::{Number, TensorValue};
+use moirai_shared::wire::data::TensorSpec;
 
 use super::requests::Tensor;
 use super::run::percentile;
@@ -30,7 +35,66 @@ const MAX_BODY: usize = 64 << 20;
 struct JsonTensor {
     name: String,
     dims: Vec<u64>,
-    values: Vec<f32>,
+    /// JSON numbers, read exactly (an int64 id does not go through an f64); a float that JSON
+    /// cannot write is the string "NaN", "Infinity" or "-Infinity".
+    values: Vec<serde_json::Value>,
+}
+
+impl JsonTensor {
+    fn of(t: Tensor) -> JsonTensor {
+        use serde_json::Value;
+        let values = t
+            .value
+            .to_numbers()
+            .into_iter()
+            .map(|n| match n {
+                Number::Int(i) => Value::from(i),
+                Number::Float(f) if f.is_nan() => Value::from("NaN"),
+                Number::Float(f) if f.is_infinite() => {
+                    Value::from(if f > 0.0 { "Infinity" } else { "-Infinity" })
+                }
+                Number::Float(f) => Value::from(f),
+            })
+            .collect();
+        JsonTensor {
+            name: t.name,
+            dims: t.value.dims,
+            values,
+        }
+    }
+
+    /// The tensor in the element type the model gives this input.
+    fn into_tensor(self, specs: &[TensorSpec]) -> Result<Tensor, String> {
+        use serde_json::Value;
+        let spec = specs
+            .iter()
+            .find(|s| s.name == self.name)
+            .ok_or_else(|| format!("the model has no input `{}`", self.name))?;
+        let numbers = self
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Number(n) => Ok(match n.as_i64() {
+                    Some(x) => Number::Int(x),
+                    None => Number::Float(n.as_f64().unwrap_or(f64::NAN)),
+                }),
+                Value::String(s) if s == "NaN" => Ok(Number::Float(f64::NAN)),
+                Value::String(s) if s == "Infinity" => Ok(Number::Float(f64::INFINITY)),
+                Value::String(s) if s == "-Infinity" => Ok(Number::Float(f64::NEG_INFINITY)),
+                other => Err(format!(
+                    "input `{}`: element {i} ({other}) is not a number",
+                    self.name
+                )),
+            })
+            .collect::<Result<Vec<Number>, String>>()?;
+        let value = TensorValue::from_numbers(spec.dtype, &self.dims, &numbers)
+            .map_err(|e| format!("input `{}`: {e}", self.name))?;
+        Ok(Tensor {
+            name: self.name,
+            value,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -251,7 +315,7 @@ fn status_of(e: &InferError) -> u16 {
     }
 }
 
-async fn handle(mut s: TcpStream, session: SessionHandle, first_input: String) {
+async fn handle(mut s: TcpStream, session: SessionHandle, specs: Arc<Vec<TensorSpec>>) {
     let req = match read_request(&mut s).await {
         Ok(r) => r,
         Err(e) => {
@@ -283,7 +347,7 @@ async fn handle(mut s: TcpStream, session: SessionHandle, first_input: String) {
             let (inputs, timeout) = if proto {
                 match tensor::decode(&req.body, std::path::Path::new("request body")) {
                     Ok(mut t) => {
-                        t.name = first_input;
+                        t.name = specs.first().map(|s| s.name.clone()).unwrap_or_default();
                         (vec![t], None)
                     }
                     Err(e) => {
@@ -300,17 +364,22 @@ async fn handle(mut s: TcpStream, session: SessionHandle, first_input: String) {
                 }
             } else {
                 match serde_json::from_slice::<InferBody>(&req.body) {
-                    Ok(b) => (
-                        b.inputs
+                    Ok(b) => {
+                        let typed: Result<Vec<Tensor>, String> = b
+                            .inputs
                             .into_iter()
-                            .map(|t| Tensor {
-                                name: t.name,
-                                dims: t.dims,
-                                values: t.values,
-                            })
-                            .collect(),
-                        b.timeout_ms.map(Duration::from_millis),
-                    ),
+                            .map(|t| t.into_tensor(&specs))
+                            .collect();
+                        match typed {
+                            Ok(t) => (t, b.timeout_ms.map(Duration::from_millis)),
+                            Err(msg) => {
+                                let _ =
+                                    respond(&mut s, 400, "application/json", "", &error_json(&msg))
+                                        .await;
+                                return;
+                            }
+                        }
+                    }
                     Err(e) => {
                         let msg = format!("body is neither a TensorProto (Content-Type: application/x-protobuf) nor JSON {{\"inputs\": [{{\"name\", \"dims\", \"values\"}}]}}: {e}");
                         let _ =
@@ -319,18 +388,16 @@ async fn handle(mut s: TcpStream, session: SessionHandle, first_input: String) {
                     }
                 }
             };
-            for t in &inputs {
-                let n: u64 = t.dims.iter().product();
-                if n != t.values.len() as u64 {
-                    let msg = format!(
-                        "input `{}` has {} values for shape {:?}",
-                        t.name,
-                        t.values.len(),
-                        t.dims
-                    );
-                    let _ = respond(&mut s, 400, "application/json", "", &error_json(&msg)).await;
-                    return;
-                }
+            if let Err(e) = super::session::check_inputs(&specs, &inputs) {
+                let _ = respond(
+                    &mut s,
+                    400,
+                    "application/json",
+                    "",
+                    &error_json(&e.to_string()),
+                )
+                .await;
+                return;
             }
             let fut = session.infer(inputs);
             let result = match timeout {
@@ -353,15 +420,7 @@ async fn handle(mut s: TcpStream, session: SessionHandle, first_input: String) {
                             latency_ms: o.latency.as_secs_f64() * 1e3,
                             predicted_ms: o.predicted_ms,
                             reruns: o.reruns,
-                            outputs: o
-                                .outputs
-                                .into_iter()
-                                .map(|t| JsonTensor {
-                                    name: t.name,
-                                    dims: t.dims,
-                                    values: t.values,
-                                })
-                                .collect(),
+                            outputs: o.outputs.into_iter().map(JsonTensor::of).collect(),
                         };
                         let body = serde_json::to_vec(&reply).unwrap_or_default();
                         let _ = respond(&mut s, 200, "application/json", &id, &body).await;
@@ -393,11 +452,14 @@ async fn handle(mut s: TcpStream, session: SessionHandle, first_input: String) {
 }
 
 /// Serves HTTP on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, session: SessionHandle, first_input: String) {
+/// Serves until the listener fails; `inputs` are the model's (their element types decide how
+/// JSON numbers are read).
+pub async fn serve(listener: TcpListener, session: SessionHandle, inputs: Vec<TensorSpec>) {
+    let specs = Arc::new(inputs);
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
-                tokio::spawn(handle(s, session.clone(), first_input.clone()));
+                tokio::spawn(handle(s, session.clone(), specs.clone()));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");

@@ -44,10 +44,16 @@ pub enum InferError {
     Wire(#[from] moirai_shared::wire::WireError),
     #[error(transparent)]
     Tensor(#[from] tensor::TensorError),
-    #[error("tensor `{0}` has no static shape")]
-    Shape(String),
     #[error("the request lacks the model input `{0}`")]
     MissingInput(String),
+    #[error("input `{name}` is {got}; the model takes {want}")]
+    InputMismatch {
+        name: String,
+        got: String,
+        want: String,
+    },
+    #[error("output `{tensor}`: {what}")]
+    BadOutput { tensor: String, what: String },
     #[error("agent {agent} refused its share of the plan: {reason}")]
     Refused { agent: String, reason: String },
     #[error("agent {agent} failed the request: {reason}")]

@@ -10,7 +10,7 @@ use moirai_shared::wire::data::TensorSpec;
 use moirai_shared::DeviceId;
 use tract_onnx::pb;
 
-use super::split::{split, Split};
+use super::split::{spec_of, split, Split};
 use super::submodel;
 use super::InferError;
 use crate::coarsen::CoarseGraph;
@@ -68,15 +68,7 @@ impl InferModel {
             &crate::coarsen::rules::RuleSet::for_backend(executor),
         );
         let fleet = FleetModel::from_coarse(&coarse);
-        let spec = |t: &String| -> Result<TensorSpec, InferError> {
-            let s = onnx
-                .shape(t)
-                .ok_or_else(|| InferError::Shape(t.to_string()))?;
-            Ok(TensorSpec {
-                name: t.clone(),
-                dims: s.dims.iter().map(|&d| d as u64).collect(),
-            })
-        };
+        let spec = |t: &String| -> Result<TensorSpec, InferError> { Ok(spec_of(&onnx, t)?) };
         let inputs = onnx.inputs.iter().map(spec).collect::<Result<_, _>>()?;
         let outputs = onnx.outputs.iter().map(spec).collect::<Result<_, _>>()?;
         Ok(InferModel {
@@ -215,15 +207,26 @@ pub fn plan_epoch(
         .iter()
         .map(|n| format!("{n}:{}", counts.get(n.as_str()).copied().unwrap_or(0)))
         .collect();
+    // What crosses between agents, by element type (token ids and masks travel as they are).
+    let mut crossing: BTreeMap<String, usize> = BTreeMap::new();
+    for spec in split.specs.values() {
+        for t in &spec.inputs {
+            *crossing
+                .entry(format!("{:?}", t.dtype).to_lowercase())
+                .or_default() += 1;
+        }
+    }
+    let crossing: Vec<String> = crossing.iter().map(|(d, n)| format!("{n} {d}")).collect();
     let summary = format!(
-        "epoch {epoch}: {} groups on {} agents ({}), predicted makespan {:.3} ms ({} op costs measured, {} roofline), planned in {:.0} ms",
+        "epoch {epoch}: {} groups on {} agents ({}), predicted makespan {:.3} ms ({} op costs measured, {} roofline), planned in {:.0} ms; tensors received: {}",
         model.fleet.ops.len(),
         names.len(),
         shares.join(" "),
         schedule.makespan_ms,
         coverage.measured,
         coverage.roofline,
-        t0.elapsed().as_secs_f64() * 1e3
+        t0.elapsed().as_secs_f64() * 1e3,
+        if crossing.is_empty() { "none".to_string() } else { crossing.join(", ") }
     );
     Ok(EpochPlan {
         epoch,

@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use moirai_shared::tensor::TensorValue;
 use moirai_shared::wire::data::{ActivationChunk, ChunkError, TensorAssembly, TensorSpec};
 
-/// A tensor of a request: shape and values.
+/// A tensor of a request: its name and value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     pub name: String,
-    pub dims: Vec<u64>,
-    pub values: Vec<f32>,
+    pub value: TensorValue,
 }
 
 /// One request.
@@ -52,6 +52,12 @@ pub struct Completed {
 pub enum ChunkOutcome {
     /// Not (or no longer) expected: unknown request, other epoch, finished tensor.
     Ignored,
+    /// An output of another type or shape than the model's: the request fails.
+    Mismatch {
+        id: u64,
+        tensor: String,
+        what: String,
+    },
     Partial,
     Completed(Completed),
     Bad(ChunkError),
@@ -124,19 +130,30 @@ impl Requests {
         let Some(f) = self.flights.get_mut(&id) else {
             return ChunkOutcome::Ignored;
         };
-        if f.epoch != Some(c.epoch)
-            || f.done.contains_key(&c.tensor)
-            || !outputs.iter().any(|o| o.name == c.tensor)
-        {
+        let Some(spec) = outputs.iter().find(|o| o.name == c.tensor) else {
             return ChunkOutcome::Ignored;
+        };
+        if f.epoch != Some(c.epoch) || f.done.contains_key(&c.tensor) {
+            return ChunkOutcome::Ignored;
+        }
+        // The answer must be what the model says, before anything is assembled.
+        if c.dtype != spec.dtype || c.dims != spec.dims {
+            return ChunkOutcome::Mismatch {
+                id,
+                tensor: c.tensor,
+                what: format!(
+                    "{:?}{:?} arrived, the model's output is {:?}{:?}",
+                    c.dtype, c.dims, spec.dtype, spec.dims
+                ),
+            };
         }
         let name = c.tensor.clone();
         match f.parts.entry(name.clone()).or_default().add(c) {
             Err(e) => ChunkOutcome::Bad(e),
             Ok(None) => ChunkOutcome::Partial,
-            Ok(Some((dims, values))) => {
+            Ok(Some(value)) => {
                 f.parts.remove(&name);
-                f.done.insert(name.clone(), Tensor { name, dims, values });
+                f.done.insert(name.clone(), Tensor { name, value });
                 if f.done.len() < outputs.len() {
                     return ChunkOutcome::Partial;
                 }
@@ -200,15 +217,19 @@ mod tests {
     fn out_spec() -> Vec<TensorSpec> {
         vec![TensorSpec {
             name: "y".into(),
+            dtype: moirai_shared::kernel::DType::F32,
             dims: vec![2],
         }]
+    }
+
+    fn y(values: &[f32]) -> TensorValue {
+        TensorValue::f32(&[2], values.to_vec())
     }
 
     fn input() -> Vec<Tensor> {
         vec![Tensor {
             name: "x".into(),
-            dims: vec![2],
-            values: vec![1.0, 2.0],
+            value: TensorValue::f32(&[2], vec![1.0, 2.0]),
         }]
     }
 
@@ -218,16 +239,16 @@ mod tests {
         let id = r.submit(input(), Duration::ZERO);
         assert_eq!(r.waiting(), vec![id]);
         r.dispatch(id, 3, 2 * MS).unwrap();
-        let other = activation_chunks(id, 2, "y", &[2], &[9.0, 9.0]).remove(0);
+        let other = activation_chunks(id, 2, "y", &y(&[9.0, 9.0])).remove(0);
         assert_eq!(
             r.on_chunk(other, &out_spec(), 4 * MS),
             ChunkOutcome::Ignored
         );
-        let c = activation_chunks(id, 3, "y", &[2], &[5.0, 6.0]).remove(0);
+        let c = activation_chunks(id, 3, "y", &y(&[5.0, 6.0])).remove(0);
         match r.on_chunk(c.clone(), &out_spec(), 10 * MS) {
             ChunkOutcome::Completed(done) => {
                 assert_eq!(done.epoch, 3);
-                assert_eq!(done.outputs[0].values, vec![5.0, 6.0]);
+                assert_eq!(done.outputs[0].value, y(&[5.0, 6.0]));
                 assert_eq!(done.latency, 10 * MS);
                 assert_eq!(done.run_latency, 8 * MS);
             }
@@ -248,14 +269,40 @@ mod tests {
         assert_eq!(r.rerun_where(|e| e == 1), vec![a]);
         assert_eq!(r.waiting(), vec![a]);
         // The old epoch answers late: ignored.
-        let late = activation_chunks(a, 1, "y", &[2], &[0.0, 0.0]).remove(0);
+        let late = activation_chunks(a, 1, "y", &y(&[0.0, 0.0])).remove(0);
         assert_eq!(r.on_chunk(late, &out_spec(), 3 * MS), ChunkOutcome::Ignored);
         r.dispatch(a, 3, 4 * MS);
-        let c = activation_chunks(a, 3, "y", &[2], &[1.0, 1.0]).remove(0);
+        let c = activation_chunks(a, 3, "y", &y(&[1.0, 1.0])).remove(0);
         match r.on_chunk(c, &out_spec(), 5 * MS) {
             ChunkOutcome::Completed(done) => assert_eq!(done.reruns, 1),
             other => panic!("{other:?}"),
         }
         assert_eq!(r.epochs_in_use(), BTreeSet::from([2]));
+    }
+
+    #[test]
+    fn an_answer_of_another_type_or_shape_fails_the_request_before_it_is_assembled() {
+        let mut r = Requests::default();
+        let id = r.submit(input(), Duration::ZERO);
+        r.dispatch(id, 1, MS);
+        let wrong = TensorValue::f32(&[1 << 20], vec![0.0; 1 << 20]);
+        let c = activation_chunks(id, 1, "y", &wrong).remove(0);
+        match r.on_chunk(c, &out_spec(), 2 * MS) {
+            ChunkOutcome::Mismatch {
+                id: got,
+                tensor,
+                what,
+            } => {
+                assert_eq!((got, tensor.as_str()), (id, "y"));
+                assert!(what.contains("[1048576]"), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ints = TensorValue::new(vec![2], moirai_shared::tensor::TensorData::I64(vec![1, 2]));
+        let c = activation_chunks(id, 1, "y", &ints.unwrap()).remove(0);
+        assert!(matches!(
+            r.on_chunk(c, &out_spec(), 3 * MS),
+            ChunkOutcome::Mismatch { .. }
+        ));
     }
 }

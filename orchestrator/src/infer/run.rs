@@ -41,11 +41,11 @@ pub struct RunArgs {
     /// `_1`, `_2`... before the extension for the others).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// A reference output (TensorProto) to compare with: prints the largest difference
-    /// relative to the reference's scale (max|got - want| / max|want|) and fails above
-    /// --tolerance.
+    /// Reference outputs (TensorProto), in the model's output order (repeat the flag; fewer
+    /// than the outputs compares the first ones): prints the largest difference relative to
+    /// each reference's scale (max|got - want| / max|want|) and fails above --tolerance.
     #[arg(long)]
-    pub reference: Option<PathBuf>,
+    pub reference: Vec<PathBuf>,
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f32,
     /// Board classes of the agents, cycled (file stems in --configs).
@@ -132,9 +132,15 @@ pub enum RunError {
     #[error("the model has {model} input(s) but {given} --input file(s) were given")]
     Inputs { model: usize, given: usize },
     #[error("output differs from the reference by {diff:e} relative (tolerance {tol:e})")]
-    Mismatch { diff: f32, tol: f32 },
-    #[error("output shape {got:?} differs from the reference's {want:?}")]
-    Shape { got: Vec<u64>, want: Vec<u64> },
+    Mismatch { diff: f64, tol: f32 },
+    #[error("output `{name}` is {got}, the reference {want}")]
+    Shape {
+        name: String,
+        got: String,
+        want: String,
+    },
+    #[error("{given} --reference files for {outputs} model outputs")]
+    References { outputs: usize, given: usize },
     #[error("--agents must be at least 1")]
     NoAgents,
 }
@@ -418,9 +424,8 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => {
                     println!("serving POST /v1/infer and GET /v1/metrics on http://{addr} (Ctrl-C stops)");
-                    let first = model.inputs().first().map(|t| t.name.clone()).unwrap_or_default();
                     tokio::select! {
-                        _ = super::http::serve(l, handle.clone(), first) => {}
+                        _ = super::http::serve(l, handle.clone(), model.inputs().to_vec()) => {}
                         _ = crate::serve::signalled() => {}
                     }
                 }
@@ -455,8 +460,20 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         first.predicted_ms
     );
     for t in &first.outputs {
-        let head: Vec<String> = t.values.iter().take(5).map(|v| format!("{v:.5}")).collect();
-        println!("output {} {:?}: [{} ...]", t.name, t.dims, head.join(", "));
+        let head: Vec<String> = t
+            .value
+            .to_f64()
+            .iter()
+            .take(5)
+            .map(|v| format!("{v:.5}"))
+            .collect();
+        println!(
+            "output {} {:?}{:?}: [{} ...]",
+            t.name,
+            t.value.dtype(),
+            t.value.dims,
+            head.join(", ")
+        );
     }
     if let Some(out) = &args.out {
         for (i, t) in first.outputs.iter().enumerate() {
@@ -465,18 +482,28 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             println!("wrote {}", p.display());
         }
     }
-    if let Some(r) = &args.reference {
+    if args.reference.len() > first.outputs.len() {
+        return Err(RunError::References {
+            outputs: first.outputs.len(),
+            given: args.reference.len(),
+        });
+    }
+    for (r, got) in args.reference.iter().zip(&first.outputs) {
         let want = tensor::read(r).map_err(InferError::from)?;
-        let got = &first.outputs[0];
         // Relative to the tensor's scale: max|got - want| / max|want|.
-        let scale = want.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let diff =
-            tensor::max_rel_diff(got, &want, scale.max(1e-12)).ok_or_else(|| RunError::Shape {
-                got: got.dims.clone(),
-                want: want.dims.clone(),
-            })?;
-        println!("largest relative difference to {}: {diff:e}", r.display());
-        if diff > args.tolerance {
+        let diff = moirai_shared::tensor::rel_diff(&got.value, &want.value).ok_or_else(|| {
+            RunError::Shape {
+                name: got.name.clone(),
+                got: format!("{:?}{:?}", got.value.dtype(), got.value.dims),
+                want: format!("{:?}{:?}", want.value.dtype(), want.value.dims),
+            }
+        })?;
+        println!(
+            "output {}: largest relative difference to {}: {diff:e}",
+            got.name,
+            r.display()
+        );
+        if diff > f64::from(args.tolerance) {
             return Err(RunError::Mismatch {
                 diff,
                 tol: args.tolerance,

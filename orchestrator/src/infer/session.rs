@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moirai_shared::wire::data::{
-    activation_chunks, weight_chunks, ActivationChunk, ExecStatus, ServingStats,
+    activation_chunks, weight_chunks, ActivationChunk, ExecStatus, ServingStats, TensorSpec,
 };
 use moirai_shared::wire::life::{Birth, Death};
 use moirai_shared::wire::topic::{InferKind, InferTopic, Topics};
@@ -227,8 +227,8 @@ async fn run(
                         let _ = reply.send(Err(InferError::Refused { agent, reason }));
                         continue;
                     }
-                    if let Some(missing) = model.inputs().iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
-                        let _ = reply.send(Err(InferError::MissingInput(missing.name.clone())));
+                    if let Err(e) = check_inputs(model.inputs(), &inputs) {
+                        let _ = reply.send(Err(e));
                         continue;
                     }
                     let id = requests.submit(inputs, t0.elapsed());
@@ -283,6 +283,14 @@ async fn run(
                                     forget_old_epochs(&mut epochs, active, &requests);
                                 }
                                 ChunkOutcome::Bad(e) => warn!(error = %e, "bad output chunk"),
+                                ChunkOutcome::Mismatch { id, tensor, what } => {
+                                    warn!(request = id, %tensor, %what, "output of the wrong type or shape");
+                                    if requests.fail(id) {
+                                        if let Some(r) = replies.remove(&id) {
+                                            let _ = r.send(Err(InferError::BadOutput { tensor, what }));
+                                        }
+                                    }
+                                }
                                 _ => {}
                             }
                         }
@@ -322,8 +330,11 @@ async fn run(
                                 let Ok(s) = decode::<ExecStatus>(&p.payload) else { continue };
                                 let name = name.to_string();
                                 match s {
-                                    ExecStatus::Ready { epoch, load_ms } => {
-                                        debug!(agent = %name, epoch, load_ms, "ready");
+                                    ExecStatus::Ready { epoch, load_ms, gpu_groups, tract_groups, differ } => {
+                                        info!(agent = %name, epoch, load_ms, gpu_groups, tract_groups, differ, "ready");
+                                        if differ > 0 {
+                                            warn!(agent = %name, epoch, differ, "GPU kernels that differ from tract run on tract");
+                                        }
                                         let Some(e) = epochs.get_mut(&epoch) else { continue };
                                         e.ready.insert(name);
                                         let all = e.plan.split.specs.keys().all(|a| e.ready.contains(a));
@@ -503,13 +514,31 @@ fn dispatch(
         let Some(t) = inputs.iter().find(|t| t.name == spec.name) else {
             continue;
         };
-        let chunks = activation_chunks(id, epoch, &t.name, &t.dims, &t.values);
+        let chunks = activation_chunks(id, epoch, &t.name, &t.value);
         for agent in readers {
             for c in &chunks {
                 publish(client, topics.infer(agent, InferKind::Act), c);
             }
         }
     }
+}
+
+/// Every model input present, with the model's element type and shape.
+pub fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), InferError> {
+    for s in specs {
+        let t = inputs
+            .iter()
+            .find(|t| t.name == s.name)
+            .ok_or_else(|| InferError::MissingInput(s.name.clone()))?;
+        if t.value.dtype() != s.dtype || t.value.dims != s.dims {
+            return Err(InferError::InputMismatch {
+                name: s.name.clone(),
+                got: format!("{:?}{:?}", t.value.dtype(), t.value.dims),
+                want: format!("{:?}{:?}", s.dtype, s.dims),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Distinguishes sessions of one process in their MQTT client ids.
@@ -565,12 +594,7 @@ pub async fn serve_http(
     match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => {
             println!("inference: POST /v1/infer and GET /v1/metrics on http://{listen}");
-            let first = model
-                .inputs()
-                .first()
-                .map(|t| t.name.clone())
-                .unwrap_or_default();
-            tokio::spawn(super::http::serve(l, handle, first));
+            tokio::spawn(super::http::serve(l, handle, model.inputs().to_vec()));
         }
         Err(e) => println!("inference not served: cannot listen on {listen}: {e}"),
     }

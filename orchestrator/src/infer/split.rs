@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use moirai_shared::kernel::DType;
 use moirai_shared::wire::data::{Destination, OutputRoute, SubgraphSpec, TensorSpec};
 use moirai_shared::wire::topic::agent_name;
 
@@ -16,10 +15,8 @@ use crate::import::onnx::{OnnxModel, TensorOrigin};
 pub enum SplitError {
     #[error("group `{0}` is not placed on any agent")]
     Unplaced(String),
-    #[error("tensor `{0}` crosses devices but its shape is unknown")]
+    #[error("tensor `{0}` crosses devices but has no static shape, or an element type that cannot (f32, f16, int64, int32, int8, uint8 and bool can)")]
     NoShape(String),
-    #[error("tensor `{tensor}` crosses devices as {dtype:?}: only f32 activations cross devices")]
-    DType { tensor: String, dtype: DType },
     #[error("agent name `{0}` is not valid on the wire")]
     Name(String),
     #[error("tensor `{0}` is read but nothing produces it")]
@@ -36,18 +33,16 @@ pub struct Split {
     pub outputs: Vec<TensorSpec>,
 }
 
-fn spec_of(model: &OnnxModel, tensor: &str) -> Result<TensorSpec, SplitError> {
+/// How `tensor` crosses devices: its element type and static shape. The importer keeps a
+/// shape only for the element types a [`moirai_shared::tensor::TensorValue`] carries, so a
+/// tensor of any other type (double, string) is refused here, at planning time, by name.
+pub fn spec_of(model: &OnnxModel, tensor: &str) -> Result<TensorSpec, SplitError> {
     let s = model
         .shape(tensor)
         .ok_or_else(|| SplitError::NoShape(tensor.to_string()))?;
-    if s.dtype != DType::F32 {
-        return Err(SplitError::DType {
-            tensor: tensor.to_string(),
-            dtype: s.dtype,
-        });
-    }
     Ok(TensorSpec {
         name: tensor.to_string(),
+        dtype: s.dtype,
         dims: s.dims.iter().map(|&d| d as u64).collect(),
     })
 }

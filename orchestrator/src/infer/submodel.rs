@@ -6,7 +6,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use moirai_shared::wire::data::SubgraphSpec;
+use moirai_shared::kernel::TensorShape;
+use moirai_shared::wire::data::{SubgraphSpec, TensorSpec};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
@@ -49,27 +50,13 @@ pub fn decode_model(bytes: &[u8]) -> Result<pb::ModelProto, SubmodelError> {
         .map_err(|e| SubmodelError::Encode(format!("{e:#}")))
 }
 
-fn value_info(name: &str, dims: Option<&[u64]>) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    pb::ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: dims.map(|dims| pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            denotation: String::new(),
-                            value: Some(Value::DimValue(d as i64)),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
-        ..Default::default()
-    }
+/// The value_info of a boundary tensor: its element type and shape.
+fn value_info(t: &TensorSpec) -> pb::ValueInfoProto {
+    let shape = TensorShape {
+        dims: t.dims.iter().map(|&d| d as usize).collect(),
+        dtype: t.dtype,
+    };
+    crate::import::onnx::value_info(&t.name, &shape)
 }
 
 /// The nodes of a graph by their first output (the name a `SubgraphSpec` gives a node).
@@ -141,16 +128,8 @@ pub fn extract(
         name: format!("{}-epoch{}", spec.model, spec.epoch),
         node: nodes,
         initializer: used_inits,
-        input: spec
-            .inputs
-            .iter()
-            .map(|t| value_info(&t.name, Some(&t.dims)))
-            .collect(),
-        output: spec
-            .outputs
-            .iter()
-            .map(|o| value_info(&o.tensor.name, Some(&o.tensor.dims)))
-            .collect(),
+        input: spec.inputs.iter().map(value_info).collect(),
+        output: spec.outputs.iter().map(|o| value_info(&o.tensor)).collect(),
         ..Default::default()
     };
     Ok(pb::ModelProto {

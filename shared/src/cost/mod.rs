@@ -19,12 +19,28 @@ use crate::kernel::{DType, KernelSignature};
 /// The `format` tag of a profile table's JSON form.
 pub const PROFILE_FORMAT: &str = "moirai-profiles/v1";
 
-/// Measured kernel run times, per board class and kernel signature key.
+/// Measured kernel run times, per board class and kernel signature key, and beside them the
+/// verdict of checking each GPU kernel against a reference: a board class checks a kernel
+/// once, and every agent of that class then knows whether the kernel may serve.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProfileTable {
     pub format: String,
     /// `boards[board][kernel key]` = median run time in ms.
     pub boards: BTreeMap<String, BTreeMap<String, f64>>,
+    /// `verified[board][kernel key]`: how the board's GPU kernel compared with the reference.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub verified: BTreeMap<String, BTreeMap<String, Verdict>>,
+}
+
+/// How a GPU kernel compared with its reference (tract running the same ONNX nodes on the
+/// same inputs).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Within tolerance: the kernel may serve.
+    pub matches: bool,
+    /// max|gpu - reference| / max|reference|; absent when not finite (a NaN, a length
+    /// mismatch).
+    pub rel_diff: Option<f64>,
 }
 
 /// Why a profile table was refused.
@@ -47,7 +63,21 @@ impl ProfileTable {
         ProfileTable {
             format: PROFILE_FORMAT.to_string(),
             boards: BTreeMap::new(),
+            verified: BTreeMap::new(),
         }
+    }
+
+    /// What checking `kernel` on `board` found, if it was checked.
+    pub fn verdict(&self, board: &str, kernel: &str) -> Option<Verdict> {
+        self.verified.get(board)?.get(kernel).copied()
+    }
+
+    /// Records (or replaces) a verdict.
+    pub fn insert_verdict(&mut self, board: &str, kernel: &str, verdict: Verdict) {
+        self.verified
+            .entry(board.to_string())
+            .or_default()
+            .insert(kernel.to_string(), verdict);
     }
 
     /// The measured time of `kernel` on `board`, if any.

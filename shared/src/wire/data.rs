@@ -10,7 +10,8 @@
 //! - [`ExecStatus`] (agent to orchestrator): ready for an epoch, refused (with the reason:
 //!   memory, an unsupported op, a bad hash), weights wanted, or a request failed.
 //! - [`ActivationChunk`] (agent to agent, orchestrator to agent, agent to orchestrator): a
-//!   piece of an f32 tensor, keyed by request id and plan epoch.
+//!   piece of a tensor of any boundary dtype ([`crate::tensor`]), keyed by request id and plan
+//!   epoch.
 //! - [`DirectAddr`] (agent, retained): where it takes activations over TCP, for the optional
 //!   direct path between agents; the frames there are [`ActivationChunk`]s as on MQTT.
 //! - [`ServingStats`] (orchestrator, retained): measured latency next to the plan's
@@ -23,23 +24,36 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::WireMessage;
 use super::{AgentName, MessageKind};
+use crate::kernel::DType;
+use crate::tensor::{bytes_of, TensorValue, TensorValueError};
 
 /// Largest payload of one [`ActivationChunk`] or [`WeightChunk`], in bytes.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
+/// Largest tensor that crosses devices, in bytes: a chunk count or a shape that claims more
+/// is refused before anything is allocated for it.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 30;
+
 /// Room for a chunk's header (tensor name, dims, ids).
 const CHUNK_HEADER: usize = 4096;
 
-/// A boundary tensor: name and static shape (f32 only crosses devices).
+/// A boundary tensor: name, element type and static shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorSpec {
     pub name: String,
+    pub dtype: DType,
     pub dims: Vec<u64>,
 }
 
 impl TensorSpec {
+    /// Elements of the shape (saturating: a hostile shape does not overflow).
     pub fn elements(&self) -> u64 {
-        self.dims.iter().product()
+        crate::tensor::elements_of(&self.dims).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes of one value (saturating).
+    pub fn bytes(&self) -> u64 {
+        bytes_of(self.dtype, &self.dims).unwrap_or(u64::MAX)
     }
 }
 
@@ -108,8 +122,16 @@ impl WireMessage for WeightChunk {
 /// What an agent says about an epoch or a request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ExecStatus {
-    /// Loaded and ready to run requests of this epoch.
-    Ready { epoch: u64, load_ms: f32 },
+    /// Loaded and ready to run requests of this epoch; on the GPU executor, how many groups
+    /// run on the GPU and on tract, and how many of those went to tract because their GPU
+    /// kernel differed from tract in the load-time check.
+    Ready {
+        epoch: u64,
+        load_ms: f32,
+        gpu_groups: u32,
+        tract_groups: u32,
+        differ: u32,
+    },
     /// It will not run this epoch, and why.
     Refused { epoch: u64, reason: String },
     /// No local copy with the right hash: stream the sub-model.
@@ -169,12 +191,14 @@ impl WireMessage for ServingStats {
     const MAX_SIZE: usize = 256;
 }
 
-/// A piece of an f32 tensor of one request, little-endian.
+/// A piece of a tensor of one request: its little-endian bytes
+/// ([`TensorValue::to_le_bytes`]) cut into [`CHUNK_BYTES`] pieces.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActivationChunk {
     pub request: u64,
     pub epoch: u64,
     pub tensor: String,
+    pub dtype: DType,
     pub dims: Vec<u64>,
     pub index: u32,
     pub count: u32,
@@ -186,15 +210,19 @@ impl WireMessage for ActivationChunk {
     const MAX_SIZE: usize = CHUNK_BYTES + CHUNK_HEADER;
 }
 
-/// Cuts an f32 tensor into chunks of at most [`CHUNK_BYTES`].
+/// How many chunks a tensor of `bytes` bytes takes (an empty one still takes one).
+pub fn chunk_count(bytes: u64) -> u64 {
+    bytes.div_ceil(CHUNK_BYTES as u64).max(1)
+}
+
+/// Cuts a tensor into chunks of at most [`CHUNK_BYTES`].
 pub fn activation_chunks(
     request: u64,
     epoch: u64,
     tensor: &str,
-    dims: &[u64],
-    values: &[f32],
+    value: &TensorValue,
 ) -> Vec<ActivationChunk> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes = value.to_le_bytes();
     let pieces: Vec<&[u8]> = if bytes.is_empty() {
         vec![&[][..]]
     } else {
@@ -208,7 +236,8 @@ pub fn activation_chunks(
             request,
             epoch,
             tensor: tensor.to_string(),
-            dims: dims.to_vec(),
+            dtype: value.dtype(),
+            dims: value.dims.clone(),
             index: i as u32,
             count,
             data: p.to_vec(),
@@ -225,45 +254,102 @@ pub enum ChunkError {
         index: u32,
         count: u32,
     },
-    #[error("tensor `{tensor}`: chunks disagree on the chunk count or the shape")]
+    #[error("tensor `{tensor}`: chunks disagree on the chunk count, the type or the shape")]
     Inconsistent { tensor: String },
-    #[error("tensor `{tensor}`: {got} bytes for shape {dims:?} ({want} expected)")]
-    Size {
+    #[error("tensor `{tensor}`: shape {dims:?} of {dtype:?} is larger than {max} bytes")]
+    TooLarge {
         tensor: String,
+        dtype: DType,
         dims: Vec<u64>,
+        max: u64,
+    },
+    #[error("tensor `{tensor}`: {count} chunks for {bytes} bytes ({want} expected)")]
+    Count {
+        tensor: String,
+        count: u32,
+        bytes: u64,
+        want: u64,
+    },
+    #[error("tensor `{tensor}`: chunk {index} has {got} bytes ({want} expected)")]
+    ChunkSize {
+        tensor: String,
+        index: u32,
         got: usize,
         want: u64,
     },
+    #[error("tensor `{tensor}`: {source}")]
+    Value {
+        tensor: String,
+        source: TensorValueError,
+    },
+    #[error("weights: {got} bytes arrived, the chunks said {want}")]
+    WeightBytes { got: u64, want: u64 },
     #[error("weights: chunk {index} fails its CRC-32")]
     Crc { index: u32 },
     #[error("weights: the sub-model's SHA-256 does not match")]
     Sha,
 }
 
-/// Collects the chunks of one tensor; duplicates (QoS 1 redelivery) are ignored.
+/// Collects the chunks of one tensor; duplicates (QoS 1 redelivery) are ignored. The first
+/// chunk fixes type, shape and count, which must agree with each other before the assembly
+/// holds anything: the memory it takes is bounded by the tensor's true size.
 #[derive(Clone, Debug, Default)]
 pub struct TensorAssembly {
+    dtype: Option<DType>,
     dims: Vec<u64>,
     parts: Vec<Option<Vec<u8>>>,
     have: usize,
 }
 
 impl TensorAssembly {
-    /// Adds a chunk; `Ok(Some((dims, values)))` once the tensor is whole.
-    #[allow(clippy::type_complexity)]
-    pub fn add(&mut self, c: ActivationChunk) -> Result<Option<(Vec<u64>, Vec<f32>)>, ChunkError> {
-        if c.count == 0 || c.index >= c.count || c.count as usize > (1 << 20) {
+    /// Adds a chunk; `Ok(Some(value))` once the tensor is whole.
+    pub fn add(&mut self, c: ActivationChunk) -> Result<Option<TensorValue>, ChunkError> {
+        if c.count == 0 || c.index >= c.count {
             return Err(ChunkError::OutOfRange {
                 tensor: c.tensor,
                 index: c.index,
                 count: c.count,
             });
         }
-        if self.parts.is_empty() {
-            self.parts = vec![None; c.count as usize];
-            self.dims = c.dims.clone();
-        } else if self.parts.len() != c.count as usize || self.dims != c.dims {
-            return Err(ChunkError::Inconsistent { tensor: c.tensor });
+        let total = bytes_of(c.dtype, &c.dims)
+            .filter(|&b| b <= MAX_TENSOR_BYTES)
+            .ok_or_else(|| ChunkError::TooLarge {
+                tensor: c.tensor.clone(),
+                dtype: c.dtype,
+                dims: c.dims.clone(),
+                max: MAX_TENSOR_BYTES,
+            })?;
+        let want = chunk_count(total);
+        if u64::from(c.count) != want {
+            return Err(ChunkError::Count {
+                tensor: c.tensor,
+                count: c.count,
+                bytes: total,
+                want,
+            });
+        }
+        // Every chunk but the last is full.
+        let size = if u64::from(c.index) + 1 < want {
+            CHUNK_BYTES as u64
+        } else {
+            total - (want - 1) * CHUNK_BYTES as u64
+        };
+        if c.data.len() as u64 != size {
+            return Err(ChunkError::ChunkSize {
+                tensor: c.tensor,
+                index: c.index,
+                got: c.data.len(),
+                want: size,
+            });
+        }
+        match self.dtype {
+            None => {
+                self.parts = vec![None; c.count as usize];
+                self.dims = c.dims.clone();
+                self.dtype = Some(c.dtype);
+            }
+            Some(d) if d == c.dtype && self.dims == c.dims => {}
+            Some(_) => return Err(ChunkError::Inconsistent { tensor: c.tensor }),
         }
         let slot = &mut self.parts[c.index as usize];
         if slot.is_none() {
@@ -274,24 +360,12 @@ impl TensorAssembly {
             return Ok(None);
         }
         let bytes: Vec<u8> = self.parts.iter().flatten().flatten().copied().collect();
-        let want = self
-            .dims
-            .iter()
-            .try_fold(4u64, |a, &d| a.checked_mul(d))
-            .unwrap_or(u64::MAX);
-        if bytes.len() as u64 != want {
-            return Err(ChunkError::Size {
+        TensorValue::from_le_bytes(c.dtype, &self.dims, &bytes)
+            .map(Some)
+            .map_err(|source| ChunkError::Value {
                 tensor: c.tensor,
-                dims: self.dims.clone(),
-                got: bytes.len(),
-                want,
-            });
-        }
-        let values = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Ok(Some((self.dims.clone(), values)))
+                source,
+            })
     }
 }
 
@@ -373,10 +447,8 @@ impl WeightAssembly {
         }
         let bytes: Vec<u8> = self.parts.iter().flatten().flatten().copied().collect();
         if bytes.len() as u64 != c.total_bytes {
-            return Err(ChunkError::Size {
-                tensor: "weights".into(),
-                dims: vec![],
-                got: bytes.len(),
+            return Err(ChunkError::WeightBytes {
+                got: bytes.len() as u64,
                 want: c.total_bytes,
             });
         }
@@ -400,11 +472,13 @@ mod tests {
             nodes: vec!["conv1.out".into(), "relu1.out".into()],
             inputs: vec![TensorSpec {
                 name: "input".into(),
+                dtype: DType::I64,
                 dims: vec![1, 3, 8, 8],
             }],
             outputs: vec![OutputRoute {
                 tensor: TensorSpec {
                     name: "relu1.out".into(),
+                    dtype: DType::F32,
                     dims: vec![1, 4, 8, 8],
                 },
                 to: vec![
@@ -446,6 +520,9 @@ mod tests {
         round_trip(&ExecStatus::Ready {
             epoch: 1,
             load_ms: 3.0,
+            gpu_groups: 7,
+            tract_groups: 2,
+            differ: 1,
         });
         round_trip(&ExecStatus::Refused {
             epoch: 1,
@@ -462,7 +539,8 @@ mod tests {
     fn a_large_tensor_is_chunked_and_reassembles_in_any_order_with_duplicates() {
         let n = CHUNK_BYTES / 4 * 2 + 10;
         let values: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
-        let mut chunks = activation_chunks(5, 2, "x", &[1, n as u64], &values);
+        let value = TensorValue::f32(&[1, n as u64], values);
+        let mut chunks = activation_chunks(5, 2, "x", &value);
         assert_eq!(chunks.len(), 3);
         for c in &chunks {
             let bytes = encode(c).unwrap();
@@ -479,19 +557,52 @@ mod tests {
                 whole = Some(t);
             }
         }
-        let (dims, back) = whole.expect("reassembled");
-        assert_eq!(dims, vec![1, n as u64]);
-        assert_eq!(back, values);
+        assert_eq!(whole.expect("reassembled"), value);
+    }
+
+    #[test]
+    fn integer_and_boolean_tensors_cross_exactly() {
+        use crate::tensor::TensorData;
+        for data in [
+            TensorData::I64(vec![i64::MAX, -3, 101, 0]),
+            TensorData::I32(vec![1, -2, 3, i32::MIN]),
+            TensorData::Bool(vec![true, false, true, true]),
+            TensorData::F16(vec![0x3c00, 0x4000, 0xfc00, 1]),
+        ] {
+            let value = TensorValue::new(vec![1, 4], data).unwrap();
+            let mut a = TensorAssembly::default();
+            let mut got = None;
+            for c in activation_chunks(1, 1, "ids", &value) {
+                assert_eq!(c.dtype, value.dtype());
+                got = a.add(c).unwrap();
+            }
+            assert_eq!(got.as_ref(), Some(&value));
+        }
     }
 
     #[test]
     fn a_tensor_whose_bytes_do_not_match_its_shape_is_refused() {
-        let mut c = activation_chunks(1, 1, "x", &[2, 2], &[1.0, 2.0, 3.0, 4.0]).remove(0);
+        let value = TensorValue::f32(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let mut c = activation_chunks(1, 1, "x", &value).remove(0);
         c.data.pop();
         assert!(matches!(
             TensorAssembly::default().add(c),
-            Err(ChunkError::Size { .. })
+            Err(ChunkError::ChunkSize { .. })
         ));
+    }
+
+    #[test]
+    fn a_chunk_claiming_a_huge_count_or_shape_allocates_nothing() {
+        let value = TensorValue::f32(&[2], vec![1.0, 2.0]);
+        let mut c = activation_chunks(1, 1, "x", &value).remove(0);
+        c.count = 1 << 20;
+        let mut a = TensorAssembly::default();
+        assert!(matches!(a.add(c.clone()), Err(ChunkError::Count { .. })));
+        assert!(a.parts.is_empty());
+        c.count = 1;
+        c.dims = vec![1 << 31, 1 << 31];
+        assert!(matches!(a.add(c), Err(ChunkError::TooLarge { .. })));
+        assert!(a.parts.is_empty());
     }
 
     #[test]
