@@ -819,3 +819,91 @@ async fn a_kernel_that_hangs_fails_its_request_at_the_deadline_naming_the_group(
     assert!(t1.elapsed() < Duration::from_secs(5), "{:?}", t1.elapsed());
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_takes_int64_token_ids_and_answers_bert_across_agents() {
+    use moirai_orchestrator::infer::http;
+    let dir = repo_root().join("tests/fixtures/onnx/tiny-bert");
+    let path = dir.join("model.onnx");
+    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let c = case(dir, &model);
+    let fleet = start_fleet(
+        model.clone(),
+        &path,
+        &[
+            agent("pi5-1", "raspberry-pi-5"),
+            agent("pi4-1", "raspberry-pi-4"),
+        ],
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(http::serve(
+        listener,
+        fleet.handle.clone(),
+        model.inputs().to_vec(),
+    ));
+    // The ids and the mask as JSON integers, in the model's int64.
+    let inputs: Vec<serde_json::Value> = c
+        .inputs
+        .iter()
+        .map(|t| {
+            let moirai_shared::tensor::TensorData::I64(v) = &t.value.data else {
+                panic!("`{}` is not int64", t.name)
+            };
+            serde_json::json!({"name": t.name, "dims": t.value.dims, "values": v})
+        })
+        .collect();
+    let post = |body: String| {
+        let a = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            http::post(
+                &a,
+                "/v1/infer",
+                "application/json",
+                "application/json",
+                body.as_bytes(),
+            )
+        })
+    };
+    let (status, head, reply) = post(serde_json::json!({ "inputs": inputs }).to_string())
+        .await
+        .unwrap()
+        .expect("http answer");
+    assert_eq!(status, 200, "{head} {}", String::from_utf8_lossy(&reply));
+    let answer: serde_json::Value = serde_json::from_slice(&reply).expect("JSON");
+    let out = &answer["outputs"][0];
+    let values: Vec<f32> = out["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| v.as_f64().expect("a number") as f32)
+        .collect();
+    let dims: Vec<u64> = out["dims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap())
+        .collect();
+    let got = Tensor {
+        name: c.outputs[0].name.clone(),
+        value: moirai_shared::tensor::TensorValue::f32(&dims, values),
+    };
+    let d = rel_diff(&got, &c.outputs[0]);
+    assert!(d <= TOL, "relative difference to onnxruntime {d:e}");
+    // A fractional token id is refused with the input and the element named.
+    let mut bad = inputs.clone();
+    bad[0]["values"][3] = serde_json::json!(2.5);
+    let (status, _, reply) = post(serde_json::json!({ "inputs": bad }).to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply).to_string();
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("input `input_ids`: element 3 (2.5) is not a I64"),
+        "{text}"
+    );
+    server.abort();
+    fleet.shutdown().await;
+}

@@ -1,12 +1,14 @@
 //! The deadline of the requests an agent has handed to its executor thread, as a pure state
 //! machine (times are `Duration`s since the worker started).
 //!
-//! Nothing waits silently: a request that overruns its deadline fails with the group the
-//! executor is stuck in, and so does every request queued behind it, at once; while the
-//! executor stays stuck, a new request fails as soon as its inputs are in. When the stuck run
-//! finally returns, its late result (and those of the runs failed behind it) are dropped.
+//! Nothing waits silently: a request whose run has taken longer than its deadline since the
+//! executor started it fails with the group the executor is stuck in, and so does every
+//! request queued behind it, at once; while the executor stays stuck, a new request fails as
+//! soon as its inputs are in. When the stuck run finally returns, its late result (and those of
+//! the runs failed behind it) are dropped. Time spent queued does not count: a burst of
+//! requests is not a hang.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// A request: (epoch, request id).
@@ -15,63 +17,70 @@ pub type RunKey = (u64, u64);
 /// Runs in flight on the executor and whether it is stuck.
 #[derive(Debug, Default)]
 pub struct RunWatch {
-    /// Deadline of each run handed over and not yet back.
-    inflight: BTreeMap<RunKey, Duration>,
-    /// Runs failed for their deadline whose results are still to come back (and be dropped).
-    abandoned: BTreeMap<RunKey, ()>,
+    /// Runs handed over and not yet back.
+    inflight: BTreeSet<RunKey>,
+    /// Runs failed for a deadline whose results are still to come back (and be dropped).
+    abandoned: BTreeSet<RunKey>,
     /// Where the executor got stuck, while it is.
     stuck: Option<String>,
 }
 
 impl RunWatch {
-    /// A run handed to the executor, due by `deadline`; `Err(reason)` when the executor is
-    /// stuck (the run fails at once; it is not handed over).
-    pub fn start(&mut self, key: RunKey, deadline: Duration) -> Result<(), String> {
+    /// A run handed to the executor; `Err(reason)` when the executor is stuck (the run fails
+    /// at once; it is not handed over).
+    pub fn start(&mut self, key: RunKey) -> Result<(), String> {
         if let Some(at) = &self.stuck {
             return Err(format!(
                 "the executor is still stuck in {at}, after a request overran its deadline"
             ));
         }
-        self.inflight.insert(key, deadline);
+        self.inflight.insert(key);
         Ok(())
     }
 
     /// A run came back; `true` when its result is to be sent (it was not failed already).
     pub fn finish(&mut self, key: RunKey) -> bool {
-        if self.abandoned.remove(&key).is_some() {
-            // The run that overran is back: the executor moves again.
+        if self.abandoned.remove(&key) {
+            // Once every abandoned run is back, the executor moves again.
             if self.abandoned.is_empty() {
                 self.stuck = None;
             }
             return false;
         }
-        self.inflight.remove(&key).is_some()
+        self.inflight.remove(&key)
     }
 
-    /// The runs to fail at `now`: once one is past its deadline, every run in flight (the
-    /// others wait behind it), each with the reason; `running` says which group the executor
-    /// is in.
-    pub fn overdue(&mut self, now: Duration, running: &str) -> Vec<(RunKey, String)> {
-        let Some((&late, &due)) = self.inflight.iter().find(|(_, &d)| d <= now) else {
+    /// The runs to fail: when the run the executor is on (`running`: its key and for how
+    /// long it has run) is past `limit`, it and every run queued behind it, each with the
+    /// reason; `group` says where the executor is.
+    pub fn overdue(
+        &mut self,
+        running: Option<(RunKey, Duration)>,
+        group: &str,
+        limit: Duration,
+    ) -> Vec<(RunKey, String)> {
+        let Some((late, ran)) =
+            running.filter(|(k, ran)| *ran > limit && self.inflight.contains(k))
+        else {
             return Vec::new();
         };
-        let at = if running.is_empty() {
+        let at = if group.is_empty() {
             "the share".to_string()
         } else {
-            format!("group `{running}`")
+            format!("group `{group}`")
         };
-        let over = now.saturating_sub(due);
         let mut out = Vec::with_capacity(self.inflight.len());
-        for (key, _) in std::mem::take(&mut self.inflight) {
+        for key in std::mem::take(&mut self.inflight) {
             let reason = if key == late {
                 format!(
-                    "{at} overran the request's deadline (by {} ms)",
-                    over.as_millis()
+                    "{at} overran the request's deadline of {} ms (running {} ms)",
+                    limit.as_millis(),
+                    ran.as_millis()
                 )
             } else {
                 format!("queued behind request {} stuck in {at}", late.1)
             };
-            self.abandoned.insert(key, ());
+            self.abandoned.insert(key);
             out.push((key, reason));
         }
         self.stuck = Some(at);
@@ -97,21 +106,34 @@ mod tests {
     #[test]
     fn a_run_that_returns_in_time_is_answered() {
         let mut w = RunWatch::default();
-        w.start((1, 1), 5 * S).unwrap();
-        assert!(w.overdue(4 * S, "conv1").is_empty());
+        w.start((1, 1)).unwrap();
+        assert!(w.overdue(Some(((1, 1), 4 * S)), "conv1", 5 * S).is_empty());
         assert!(w.finish((1, 1)));
         assert!(w.is_empty());
     }
 
     #[test]
+    fn time_spent_queued_is_no_overrun() {
+        let mut w = RunWatch::default();
+        for r in 1..=20 {
+            w.start((1, r)).unwrap();
+        }
+        // Request 20 waited long, but the one running started a moment ago.
+        assert!(w.overdue(Some(((1, 7), S)), "conv1", 5 * S).is_empty());
+        assert_eq!(w.len(), 20);
+    }
+
+    #[test]
     fn an_overrun_fails_it_and_everything_behind_it_naming_the_group() {
         let mut w = RunWatch::default();
-        w.start((1, 1), 5 * S).unwrap();
-        w.start((1, 2), 6 * S).unwrap();
-        let failed = w.overdue(5 * S + S / 2, "encoder.attn");
+        w.start((1, 1)).unwrap();
+        w.start((1, 2)).unwrap();
+        let failed = w.overdue(Some(((1, 1), 6 * S)), "encoder.attn", 5 * S);
         assert_eq!(failed.len(), 2);
         assert!(
-            failed[0].1.contains("group `encoder.attn` overran"),
+            failed[0]
+                .1
+                .contains("group `encoder.attn` overran the request's deadline of 5000 ms"),
             "{}",
             failed[0].1
         );
@@ -121,20 +143,21 @@ mod tests {
             failed[1].1
         );
         // While stuck, a new request fails at once.
-        let e = w.start((1, 3), 20 * S).unwrap_err();
+        let e = w.start((1, 3)).unwrap_err();
         assert!(e.contains("still stuck in group `encoder.attn`"), "{e}");
         // The late results are dropped; once back, the executor takes requests again.
         assert!(!w.finish((1, 1)));
-        assert!(w.start((1, 4), 30 * S).is_err());
+        assert!(w.start((1, 4)).is_err());
         assert!(!w.finish((1, 2)));
-        w.start((1, 4), 30 * S).unwrap();
+        w.start((1, 4)).unwrap();
         assert!(w.finish((1, 4)));
     }
 
     #[test]
     fn nothing_is_overdue_without_runs() {
         let mut w = RunWatch::default();
-        assert!(w.overdue(100 * S, "").is_empty());
+        assert!(w.overdue(Some(((9, 9), 100 * S)), "", S).is_empty());
+        assert!(w.overdue(None, "", S).is_empty());
         assert!(!w.finish((9, 9)));
     }
 }

@@ -94,8 +94,9 @@ pub struct WorkerOptions {
     /// kernels it has checked are read from it and new ones written back, so a kernel
     /// signature is checked once per board class.
     pub profiles: Option<PathBuf>,
-    /// How long a request may take on the executor before it fails (default: 20 times the
-    /// plan's predicted makespan, at least 5 s).
+    /// How long a request may run on the executor (from when it starts there, not while it
+    /// waits its turn) before it fails: by default 20 times the plan's predicted makespan,
+    /// at least 30 s (a software adapter runs a ViT-B/16 share in seconds).
     pub run_deadline: Option<Duration>,
     /// A fault injected on purpose (tests of how failures are answered).
     pub fault: Option<Fault>,
@@ -104,7 +105,7 @@ pub struct WorkerOptions {
 /// The deadline of a request of `spec`'s epoch.
 fn run_deadline(opts: &WorkerOptions, spec: &SubgraphSpec) -> Duration {
     opts.run_deadline.unwrap_or_else(|| {
-        Duration::from_secs_f64((spec.predicted_ms.max(0.0) * 20.0 / 1e3).clamp(5.0, 600.0))
+        Duration::from_secs_f64((spec.predicted_ms.max(0.0) * 20.0 / 1e3).clamp(30.0, 600.0))
     })
 }
 
@@ -291,8 +292,10 @@ struct ExecutorSetup {
     board: String,
     profiles: Option<PathBuf>,
     fault: Option<Fault>,
-    /// Where the thread says which group it is running.
+    /// Where the thread says which group it is running...
     running: Arc<Mutex<String>>,
+    /// ...and which request, since when.
+    current: Arc<Mutex<Option<((u64, u64), Instant)>>>,
 }
 
 /// The verdicts the board class's profile store holds.
@@ -387,10 +390,13 @@ fn executor(
             } => {
                 std::thread::sleep(setup.slowdown);
                 set_running("");
+                *setup.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(((epoch, request), Instant::now()));
                 let result = match loaded.iter().find(|(e, _)| *e == epoch) {
                     Some((_, exec)) => exec.run(&inputs).map_err(|e| e.to_string()),
                     None => Err(format!("epoch {epoch} is not loaded here")),
                 };
+                *setup.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let _ = done.send(Done::Ran {
                     epoch,
                     request,
@@ -469,7 +475,9 @@ pub async fn run(
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let exec_running = Arc::new(Mutex::new(String::new()));
+    let exec_current = Arc::new(Mutex::new(None));
     let setup = ExecutorSetup {
+        current: exec_current.clone(),
         choice: opts.executor.clone(),
         slowdown: opts.slowdown,
         board: opts.board.clone(),
@@ -545,7 +553,6 @@ pub async fn run(
     let mut watch = RunWatch::default();
     let mut watchdog = tokio::time::interval(Duration::from_millis(100));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let t0 = Instant::now();
     let status = |s: &ExecStatus| {
         publish(
             &client,
@@ -658,7 +665,7 @@ pub async fn run(
                                 continue;
                             }
                             let run = take_chunk(c, &specs, &mut pending, &mut finished);
-                            launch(run, &specs, &opts, &mut watch, t0.elapsed(), &job_tx, &status);
+                            launch(run, &opts, &mut watch, &job_tx, &status);
                         }
                         _ => {}
                     }
@@ -671,7 +678,7 @@ pub async fn run(
             },
             Some(c) = direct_rx.recv() => {
                 let run = take_chunk(c, &specs, &mut pending, &mut finished);
-                launch(run, &specs, &opts, &mut watch, t0.elapsed(), &job_tx, &status);
+                launch(run, &opts, &mut watch, &job_tx, &status);
             }
             Some((peer, frame)) = fallback_rx.recv() => {
                 // The direct path failed under this chunk: the broker carries it.
@@ -690,7 +697,7 @@ pub async fn run(
                         let keys: Vec<_> = pending.keys().filter(|k| k.0 == epoch).copied().collect();
                         for key in keys {
                             let run = try_run(&specs, &mut pending, &mut finished, key);
-                            launch(run, &specs, &opts, &mut watch, t0.elapsed(), &job_tx, &status);
+                            launch(run, &opts, &mut watch, &job_tx, &status);
                         }
                     }
                     Err(reason) => {
@@ -749,8 +756,11 @@ pub async fn run(
                 }
             },
             _ = watchdog.tick(), if !watch.is_empty() => {
-                let running = exec_running.lock().map(|r| r.clone()).unwrap_or_default();
-                for ((epoch, request), reason) in watch.overdue(t0.elapsed(), &running) {
+                let group = exec_running.lock().map(|r| r.clone()).unwrap_or_default();
+                let current = *exec_current.lock().unwrap_or_else(|p| p.into_inner());
+                let Some((key, since)) = current else { continue };
+                let limit = specs.get(&key.0).map_or(Duration::from_secs(60), |(s, _)| run_deadline(&opts, s));
+                for ((epoch, request), reason) in watch.overdue(Some((key, since.elapsed())), &group, limit) {
                     warn!(epoch, request, %reason, "request overran its deadline");
                     status(&ExecStatus::Failed { epoch, request, reason: format!("agent {}: {reason}", opts.name) });
                 }
@@ -828,24 +838,19 @@ fn take_chunk(
     try_run(specs, pending, finished, key)
 }
 
-/// Hands a request to the executor thread, due by its epoch's deadline; when the executor is
-/// stuck on an earlier one, answers it as failed at once.
+/// Hands a request to the executor thread; when the executor is stuck on an earlier one,
+/// answers it as failed at once.
 fn launch(
     run: Option<Runnable>,
-    specs: &BTreeMap<u64, (Arc<SubgraphSpec>, bool)>,
     opts: &WorkerOptions,
     watch: &mut RunWatch,
-    now: Duration,
     jobs: &std::sync::mpsc::Sender<Job>,
     status: &dyn Fn(&ExecStatus),
 ) {
     let Some(((epoch, request), inputs)) = run else {
         return;
     };
-    let deadline = specs
-        .get(&epoch)
-        .map_or(Duration::from_secs(5), |(s, _)| run_deadline(opts, s));
-    match watch.start((epoch, request), now + deadline) {
+    match watch.start((epoch, request)) {
         Ok(()) => {
             let _ = jobs.send(Job::Run {
                 epoch,
@@ -953,8 +958,8 @@ pub struct WorkerArgs {
     /// and written to it, so each kernel signature is checked once per board class.
     #[arg(long)]
     pub profiles: Option<PathBuf>,
-    /// Milliseconds a request may take on the executor before it fails (default: 20x the
-    /// plan's predicted makespan, at least 5 s).
+    /// Milliseconds a request may run on the executor before it fails (default: 20x the
+    /// plan's predicted makespan, at least 30 s).
     #[arg(long)]
     pub run_deadline_ms: Option<u64>,
     /// Also take activations from peers over TCP here (e.g. 0.0.0.0:7070; port 0 picks one),

@@ -444,6 +444,7 @@ pub fn from_proto(
         .collect();
     let mut used_tract_inference = false;
     let mut tract_error = None;
+    let mut uncarried: HashMap<String, String> = HashMap::new();
     if !missing.is_empty() {
         debug!(
             missing = missing.len(),
@@ -458,7 +459,8 @@ pub fn from_proto(
         .unwrap_or_else(|_| Err("tract panicked while inferring shapes".to_string()));
         match inferred {
             Ok(inferred) => {
-                for (name, shape) in inferred {
+                uncarried = inferred.uncarried;
+                for (name, shape) in inferred.shapes {
                     if let std::collections::hash_map::Entry::Vacant(slot) = declared.entry(name) {
                         let shape = checked_shape(shape.dims, shape.dtype, slot.key(), path)?;
                         slot.insert(shape);
@@ -477,11 +479,18 @@ pub fn from_proto(
             let shape = declared
                 .get(o)
                 .cloned()
-                .ok_or_else(|| ImportError::NoShape {
-                    path: p(),
-                    node: node_names[i].clone(),
-                    tensor: o.clone(),
-                    reason: tract_error.clone(),
+                .ok_or_else(|| match uncarried.get(o) {
+                    Some(dtype) => ImportError::UnsupportedDType {
+                        path: p(),
+                        tensor: o.clone(),
+                        dtype: dtype.clone(),
+                    },
+                    None => ImportError::NoShape {
+                        path: p(),
+                        node: node_names[i].clone(),
+                        tensor: o.clone(),
+                        reason: tract_error.clone(),
+                    },
                 })?;
             if tensors
                 .insert(

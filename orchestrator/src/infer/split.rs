@@ -213,6 +213,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tensor_of_a_type_that_cannot_travel_is_refused_at_planning_time_by_name() {
+        use crate::import::onnx::{build::ModelBuilder, from_proto, ImportOptions};
+        use moirai_shared::kernel::{AttrValue, DType};
+        // x -> Cast(double) -> y -> Cast(float): a double has no TensorValue, so the model
+        // is refused when it is planned (imported), naming the tensor and its type.
+        let to = |t: i64| [("to", AttrValue::Int(t))];
+        let proto = ModelBuilder::new("f64")
+            .input("x", DType::F32, &[1, 4])
+            .node_with("Cast", &["x"], &["y"], &to(11))
+            .node_with("Cast", &["y"], &["z"], &to(1))
+            .output("z", DType::F32, &[1, 4])
+            .proto();
+        let e = from_proto(&proto, Path::new("f64.onnx"), &ImportOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("tensor `y` has element type F64"), "{msg}");
+    }
+
+    #[test]
     fn every_node_runs_on_exactly_one_agent_and_every_received_tensor_has_a_sender() {
         let m = tiny();
         // Groups alternate between two agents: the worst case for crossings.

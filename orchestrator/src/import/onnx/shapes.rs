@@ -15,6 +15,14 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use super::TensorInfo;
 
+/// What inference found: the shapes of tensors of the element types Moirai carries, and the
+/// tensors of any other type (double, string...), with that type.
+#[derive(Default)]
+pub(super) struct Inferred {
+    pub shapes: HashMap<String, TensorShape>,
+    pub uncarried: HashMap<String, String>,
+}
+
 /// Infers the shape of every tensor tract can; `Err` carries tract's message when it could
 /// not even parse the graph.
 pub(super) fn infer(
@@ -23,7 +31,7 @@ pub(super) fn infer(
     missing_external: &BTreeSet<String>,
     tensors: &HashMap<String, TensorInfo>,
     declared: &HashMap<String, TensorShape>,
-) -> Result<HashMap<String, TensorShape>, String> {
+) -> Result<Inferred, String> {
     let mut proto = proto.clone();
     let Some(graph) = proto.graph.as_mut() else {
         return Err("the model has no graph".into());
@@ -56,7 +64,7 @@ pub(super) fn infer(
     let mut model = parsed.model;
     // Obstinate: keep going past nodes tract cannot analyse; what it found still counts.
     let analysis = model.analyse(true).err().map(|e| format!("{e:#}"));
-    let mut out = HashMap::new();
+    let mut out = Inferred::default();
     for (name, outlet) in &parsed.outlets_by_name {
         let Ok(fact) = model.outlet_fact(*outlet) else {
             continue;
@@ -64,10 +72,14 @@ pub(super) fn infer(
         let Ok(Some(dims)) = fact.shape.as_concrete_finite() else {
             continue;
         };
-        let Some(dtype) = fact.datum_type.concretize().and_then(dtype_of_datum) else {
+        let Some(datum) = fact.datum_type.concretize() else {
             continue;
         };
-        out.insert(
+        let Some(dtype) = dtype_of_datum(datum) else {
+            out.uncarried.insert(name.clone(), format!("{datum:?}"));
+            continue;
+        };
+        out.shapes.insert(
             name.clone(),
             TensorShape {
                 dims: dims.to_vec(),
@@ -75,7 +87,7 @@ pub(super) fn infer(
             },
         );
     }
-    if out.is_empty() {
+    if out.shapes.is_empty() {
         if let Some(e) = analysis {
             return Err(e);
         }
