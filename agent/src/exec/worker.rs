@@ -43,7 +43,7 @@ use tract_onnx::pb;
 use super::direct::{DirectLinks, DirectStats};
 use super::gpu_share::{Fault, GpuShareExec, LoadOptions, Where, VERIFY_TOL};
 use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
-use super::watch::RunWatch;
+use super::watch::{RunKey, RunWatch};
 use crate::gpu::context::{AdapterChoice, GpuContext};
 use crate::profile::store::ProfileStore;
 
@@ -295,8 +295,11 @@ struct ExecutorSetup {
     /// Where the thread says which group it is running...
     running: Arc<Mutex<String>>,
     /// ...and which request, since when.
-    current: Arc<Mutex<Option<((u64, u64), Instant)>>>,
+    current: Arc<Mutex<Current>>,
 }
+
+/// The request the executor thread is running, and since when.
+type Current = Option<(RunKey, Instant)>;
 
 /// The verdicts the board class's profile store holds.
 fn read_verdicts(board: &str, path: Option<&Path>) -> BTreeMap<String, Verdict> {
