@@ -20,7 +20,8 @@ use crate::kernels::{attr_i, attr_is, axis, wire, KernelError};
 /// What went wrong building or running a CPU kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
-    #[error("kernel {kernel}: {source}")]
+    // The wiring error names the kernel already.
+    #[error("{source}")]
     Wiring {
         kernel: String,
         #[source]
@@ -409,7 +410,27 @@ impl CpuKernel {
     }
 
     /// Runs on all signature inputs (constants among them are ignored: they are baked in).
+    /// Every output comes back as `f32`; [`CpuKernel::run_exact`] keeps integers exact.
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
+        Ok(self
+            .run_exact(inputs)?
+            .into_iter()
+            .map(|(t, _)| match t.data {
+                HostData::I64(v) => {
+                    HostTensor::f32(&t.dims, v.into_iter().map(|x| x as f32).collect())
+                }
+                HostData::F32(_) => t,
+            })
+            .collect())
+    }
+
+    /// Runs like [`CpuKernel::run`], but integer and boolean outputs come back as `i64`
+    /// (exact, where `f32` would round beyond 2^24), each with the element type tract gave it
+    /// (`None`: one a signature cannot name, e.g. `f64`).
+    pub fn run_exact(
+        &self,
+        inputs: &[HostTensor],
+    ) -> Result<Vec<(HostTensor, Option<DType>)>, CpuError> {
         let kernel = self.signature.pattern();
         let tract_err = |e: TractError| CpuError::Tract {
             kernel: kernel.clone(),
@@ -421,37 +442,72 @@ impl CpuKernel {
                 kernel: kernel.clone(),
                 what: format!("input {j} missing"),
             })?;
-            // Integers travel as i64 on the host; tract wants the signature's own type.
-            let t = match (&h.data, self.signature.inputs[j].dtype) {
-                (HostData::F32(v), _) => Tensor::from_shape(&h.dims, v),
-                (HostData::I64(v), DType::Bool) => {
-                    let b: Vec<bool> = v.iter().map(|&x| x != 0).collect();
-                    Tensor::from_shape(&h.dims, &b)
-                }
-                (HostData::I64(v), DType::I32) => {
-                    let b: Vec<i32> = v.iter().map(|&x| x as i32).collect();
-                    Tensor::from_shape(&h.dims, &b)
-                }
-                (HostData::I64(v), _) => Tensor::from_shape(&h.dims, v),
-            }
-            .map_err(tract_err)?;
-            feed.push(t.into());
+            feed.push(
+                tract_tensor(h, self.signature.inputs[j].dtype)
+                    .map_err(tract_err)?
+                    .into(),
+            );
         }
         let outs = self.plan.run(feed).map_err(tract_err)?;
         outs.into_iter()
             .map(|v| {
                 let t = v.into_tensor();
                 let dims = t.shape().to_vec();
-                let t = t.cast_to::<f32>().map_err(tract_err)?;
-                let data: Vec<f32> = t
-                    .to_plain_array_view::<f32>()
-                    .map_err(tract_err)?
-                    .iter()
-                    .copied()
-                    .collect();
-                Ok(HostTensor::f32(&dims, data))
+                let dtype = signature_dtype(t.datum_type());
+                let host = if t.datum_type().is_float() {
+                    let t = t.cast_to::<f32>().map_err(tract_err)?;
+                    let v = t.to_plain_array_view::<f32>().map_err(tract_err)?;
+                    HostTensor::f32(&dims, v.iter().copied().collect())
+                } else {
+                    let t = t.cast_to::<i64>().map_err(tract_err)?;
+                    let v = t.to_plain_array_view::<i64>().map_err(tract_err)?;
+                    HostTensor::i64(&dims, v.iter().copied().collect())
+                };
+                Ok((host, dtype))
             })
             .collect()
+    }
+}
+
+/// The signature's name for a tract element type, if it has one.
+fn signature_dtype(d: DatumType) -> Option<DType> {
+    Some(match d {
+        DatumType::F32 => DType::F32,
+        DatumType::F16 => DType::F16,
+        DatumType::I64 => DType::I64,
+        DatumType::I32 => DType::I32,
+        DatumType::I8 => DType::I8,
+        DatumType::U8 => DType::U8,
+        DatumType::Bool => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// A host tensor as the tract tensor of the signature's element type: the graph input is
+/// declared with that type, and tract refuses a tensor of another. Host integers are `i64` and
+/// host floats `f32` whatever the signature says, so they are converted here.
+fn tract_tensor(h: &HostTensor, dtype: DType) -> TractResult<Tensor> {
+    fn ints<T: Datum + Copy>(
+        h: &HostTensor,
+        v: &[i64],
+        f: impl Fn(i64) -> T,
+    ) -> TractResult<Tensor> {
+        let v: Vec<T> = v.iter().map(|&x| f(x)).collect();
+        Tensor::from_shape(&h.dims, &v)
+    }
+    match (&h.data, dtype) {
+        (HostData::F32(v), DType::F16) => {
+            let v: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            Tensor::from_shape(&h.dims, &v)
+        }
+        (HostData::F32(v), _) => Tensor::from_shape(&h.dims, v),
+        (HostData::I64(v), DType::Bool) => ints(h, v, |x| x != 0),
+        (HostData::I64(v), DType::I32) => ints(h, v, |x| x as i32),
+        (HostData::I64(v), DType::I8) => ints(h, v, |x| x as i8),
+        (HostData::I64(v), DType::U8) => ints(h, v, |x| x as u8),
+        (HostData::I64(v), DType::F32) => ints(h, v, |x| x as f32),
+        (HostData::I64(v), DType::F16) => ints(h, v, |x| f16::from_f32(x as f32)),
+        (HostData::I64(v), DType::I64) => Tensor::from_shape(&h.dims, v),
     }
 }
 
@@ -514,6 +570,33 @@ mod tests {
         // The GPU generators are for chains: the DAG is refused with a reason, not miswired.
         let e = crate::kernels::wire(&sig).unwrap_err().to_string();
         assert!(e.contains("not a chain"), "{e}");
+    }
+
+    #[test]
+    fn narrow_integer_inputs_are_fed_in_their_own_type_and_come_back_exact() {
+        // Host integers are i64; tract refuses an i64 tensor for an input declared int8.
+        let mut sig = silu();
+        sig.nodes = vec![node("Neg")];
+        sig.dag = None;
+        sig.inputs[0].dtype = DType::I8;
+        sig.outputs[0].dtype = DType::I8;
+        let k = CpuKernel::build(&sig).expect("compiles");
+        let x: Vec<i64> = (0..10).map(|i| i * 12 - 60).collect();
+        let out = k
+            .run_exact(&[HostTensor::i64(&[2, 5], x.clone())])
+            .expect("runs");
+        let want: Vec<i64> = x.iter().map(|v| -v).collect();
+        assert_eq!(out, vec![(HostTensor::i64(&[2, 5], want), Some(DType::I8))]);
+        // Large int64 values stay exact, where f32 would round them.
+        sig.inputs[0].dtype = DType::I64;
+        sig.outputs[0].dtype = DType::I64;
+        let k = CpuKernel::build(&sig).expect("compiles");
+        let big: Vec<i64> = (0..10).map(|i| (1i64 << 40) + i).collect();
+        let out = k
+            .run_exact(&[HostTensor::i64(&[2, 5], big.clone())])
+            .expect("runs");
+        let want: Vec<i64> = big.iter().map(|v| -v).collect();
+        assert_eq!(out[0].0, HostTensor::i64(&[2, 5], want));
     }
 
     #[test]
