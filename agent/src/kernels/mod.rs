@@ -367,18 +367,25 @@ pub fn node_inputs(sig: &KernelSignature) -> Result<Vec<Vec<Option<usize>>>, Ker
         .collect())
 }
 
-/// (min, max) ONNX operand count of an op.
+/// (min, max) ONNX operand count of an op, over the opsets (an input that became an
+/// attribute or the reverse widens the range).
 fn arity(op: &str, n_in: usize) -> (usize, usize) {
     match op {
-        "Conv" | "Gemm" => (2, 3),
+        "Conv" | "Gemm" | "ConvTranspose" => (2, 3),
         "BatchNormalization" => (5, 5),
         "Clip" => (1, 3),
         "LayerNormalization" => (2, 3),
+        "InstanceNormalization" | "GroupNormalization" | "Range" => (3, 3),
         "Concat" | "Sum" | "Max" | "Min" | "Mean" => (1, n_in),
-        "Split" | "Squeeze" | "Unsqueeze" | "ReduceMean" | "ReduceSum" => (1, 2),
-        "Reshape" | "Gather" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "PRelu"
-        | "Equal" | "Expand" | "And" | "Or" | "Xor" | "Less" | "Greater" | "LessOrEqual"
-        | "GreaterOrEqual" | "Mod" => (2, 2),
+        "Split" | "Squeeze" | "Unsqueeze" | "ReduceMean" | "ReduceSum" | "ReduceMax"
+        | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceSumSquare"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "Trilu" => (1, 2),
+        "Dropout" => (1, 3),
+        "Pad" => (1, 4),
+        "Tile" => (2, 3),
+        "Reshape" | "Gather" | "GatherElements" | "GatherND" | "MatMul" | "Add" | "Sub" | "Mul"
+        | "Div" | "Pow" | "PRelu" | "Equal" | "Expand" | "And" | "Or" | "Xor" | "Less"
+        | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Mod" | "CastLike" => (2, 2),
         "Where" => (3, 3),
         "Slice" => (3, 5),
         _ => (1, 1),

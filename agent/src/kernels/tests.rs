@@ -551,3 +551,29 @@ fn every_fused_kernel_of_the_shared_models_builds() {
     eprintln!("{built} kernels of {} models built", models.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A lone node of any op the rules fuse gets every signature input (the arity table knew too
+/// few ops, and reductions with an axes operand, Pad, ConvTranspose, ... were malformed).
+#[test]
+fn wiring_gives_a_lone_node_all_of_its_operands() {
+    for (op, n) in [
+        ("ReduceL2", 2),
+        ("ReduceMax", 2),
+        ("Trilu", 2),
+        ("ConvTranspose", 3),
+        ("Pad", 3),
+        ("Dropout", 3),
+        ("GatherElements", 2),
+        ("InstanceNormalization", 3),
+        ("Range", 3),
+    ] {
+        let shapes: Vec<&[usize]> = vec![&[2, 2]; n];
+        let s = sig(
+            C::Other,
+            vec![node(op, &[])],
+            f32s(&shapes),
+            f32s(&[&[2, 2]]),
+        );
+        assert_eq!(wire(&s).unwrap(), vec![(0..n).collect::<Vec<_>>()], "{op}");
+    }
+}
