@@ -577,3 +577,92 @@ fn wiring_gives_a_lone_node_all_of_its_operands() {
         assert_eq!(wire(&s).unwrap(), vec![(0..n).collect::<Vec<_>>()], "{op}");
     }
 }
+
+/// Max, Min, Sum and Mean take every operand (the third and later were ignored), with
+/// broadcasting, and a lone operand.
+#[test]
+fn variadic_max_min_sum_and_mean_take_every_operand() {
+    for op in ["Max", "Min", "Sum", "Mean"] {
+        check(&sig(
+            C::Eltwise,
+            vec![node(op, &[])],
+            f32s(&[&[3, 4], &[4], &[3, 1], &[1]]),
+            f32s(&[&[3, 4]]),
+        ));
+        check(&sig(
+            C::Eltwise,
+            vec![node(op, &[])],
+            f32s(&[&[5]]),
+            f32s(&[&[5]]),
+        ));
+    }
+}
+
+/// Gelu with `approximate = "tanh"` (it was computed with erf), against the formula at the
+/// ONNX suite's tolerance: erf and tanh forms differ by up to 5e-4, more than `check` allows.
+#[test]
+fn gelu_tanh_approximation() {
+    let Some(ctx) = super::testutil::gpu() else {
+        return;
+    };
+    let s = sig(
+        C::Eltwise,
+        vec![node("Gelu", &[("approximate", A::Str("tanh".into()))])],
+        f32s(&[&[64]]),
+        f32s(&[&[64]]),
+    );
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) * 0.3).collect();
+    let pool = crate::gpu::BufferPool::default();
+    let k = super::GpuKernel::build(ctx, &s).expect("builds");
+    let input = HostTensor::f32(&[64], x.clone())
+        .upload(ctx, &pool)
+        .expect("upload");
+    let out = k.run(ctx, &pool, &[input]).expect("runs");
+    let got = crate::gpu::buffers::readback_f32(ctx, &out[0]).expect("readback");
+    for (&x, &g) in x.iter().zip(&got) {
+        let x = x as f64;
+        let want = 0.5
+            * x
+            * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+        assert!(
+            (g as f64 - want).abs() <= 1e-6 + 1e-4 * want.abs(),
+            "gelu_tanh({x}) = {g}, want {want}"
+        );
+    }
+}
+
+/// Pow as numpy: odd and even integer powers of negatives, NaN for a fractional power of a
+/// negative (WGSL gave |x|^p), 1 for x^0 (also 0^0), exact integer results.
+#[test]
+fn pow_of_negative_bases_zero_exponents_and_integers() {
+    let base = [-2.0f32, -2.0, -8.0, 0.0, 0.0, 3.0, -3.0, 7.0, 5.0, 2.0];
+    let exp = [3.0f32, 2.0, 1.0 / 3.0, 0.0, 2.0, 4.0, 0.0, 3.0, -1.0, 0.5];
+    let s = sig(
+        C::Eltwise,
+        vec![node("Pow", &[])],
+        f32s(&[&[10], &[10]]),
+        f32s(&[&[10]]),
+    );
+    check_with(
+        &s,
+        vec![
+            HostTensor::f32(&[10], base.to_vec()),
+            HostTensor::f32(&[10], exp.to_vec()),
+        ],
+    );
+    // 7^3 = 343 exactly once stored as an integer (exp2/log2 gives 342.99997).
+    let mut ints = sig(
+        C::Eltwise,
+        vec![node("Pow", &[])],
+        typed(DType::I32, &[&[4], &[4]]),
+        typed(DType::I32, &[&[4]]),
+    );
+    ints.outputs[0].dtype = DType::I32;
+    check_with(
+        &ints,
+        vec![
+            HostTensor::i64(&[4], vec![7, -3, 11, 2]),
+            HostTensor::i64(&[4], vec![3, 3, 5, 10]),
+        ],
+    );
+}
