@@ -578,6 +578,98 @@ fn wiring_gives_a_lone_node_all_of_its_operands() {
     }
 }
 
+/// Groups of several channels whose output channels do not fill the per-invocation block
+/// (5 per group with blocks of 4; 3 per group with blocks of 1), on odd widths.
+#[test]
+fn grouped_conv_with_partial_channel_blocks() {
+    check(&conv_sig([1, 4, 7, 9], 10, [3, 3], 1, 1, 1, 2, &[]));
+    check(&conv_sig([2, 6, 5, 6], 9, [2, 3], 2, 0, 1, 3, &["Relu"]));
+}
+
+/// Pooling reads integer inputs as integers (uint8 images were read as f32 bits) and writes
+/// MaxPool's Indices output, row-major or column-major; AveragePool with ceil_mode counts
+/// the padding but not the window's part beyond it.
+#[test]
+fn pooling_reads_integers_writes_indices_and_counts_only_real_padding() {
+    let mp = |attrs: &[(&str, A)], x: TensorShape, outs: Vec<TensorShape>| {
+        let mut a = vec![
+            ("kernel_shape", A::Ints(vec![2, 2])),
+            ("pads", A::Ints(vec![0, 0, 1, 1])),
+        ];
+        a.extend(attrs.iter().cloned());
+        sig(C::Pool, vec![node("MaxPool", &a)], vec![x], outs)
+    };
+    let u8x = TensorShape {
+        dims: vec![1, 2, 5, 5],
+        dtype: DType::U8,
+    };
+    let values = vec![HostTensor::i64(
+        &[1, 2, 5, 5],
+        (0..50).map(|i| (i * 37) % 251).collect(),
+    )];
+    check_with(
+        &mp(
+            &[],
+            u8x.clone(),
+            vec![typed(DType::U8, &[&[1, 2, 5, 5]]).remove(0)],
+        ),
+        values,
+    );
+    for order in [0, 1] {
+        let x = TensorShape {
+            dims: vec![1, 2, 5, 5],
+            dtype: DType::F32,
+        };
+        let outs = vec![
+            f32s(&[&[1, 2, 5, 5]]).remove(0),
+            typed(DType::I64, &[&[1, 2, 5, 5]]).remove(0),
+        ];
+        check(&mp(&[("storage_order", A::Int(order))], x, outs));
+    }
+    // 6 + 1 + 1 padded, windows of 3 every 2, ceil: the last window covers 5, 6 (padding)
+    // and 7 (beyond): 2 counted per axis, not 3.
+    for count in [0, 1] {
+        check(&sig(
+            C::Pool,
+            vec![node(
+                "AveragePool",
+                &[
+                    ("kernel_shape", A::Ints(vec![3, 3])),
+                    ("strides", A::Ints(vec![2, 2])),
+                    ("pads", A::Ints(vec![1, 1, 1, 1])),
+                    ("ceil_mode", A::Int(1)),
+                    ("count_include_pad", A::Int(count)),
+                ],
+            )],
+            f32s(&[&[1, 2, 6, 6]]),
+            f32s(&[&[1, 2, 4, 4]]),
+        ));
+    }
+}
+
+/// LayerNormalization's optional Mean and InvStdDev outputs (they were left unwritten), over
+/// the last axes and from axis 0, with a scale broadcast from fewer dimensions.
+#[test]
+fn layernorm_writes_mean_and_inverse_std_dev() {
+    for (axis, stats) in [(1, vec![2, 1, 1]), (-1, vec![2, 3, 1]), (0, vec![1, 1, 1])] {
+        let x = [2usize, 3, 4];
+        let a = if axis < 0 { 2 } else { axis as usize };
+        let norm: Vec<usize> = x[a..].to_vec();
+        check(&sig(
+            C::LayerNorm,
+            vec![node("LayerNormalization", &[("axis", A::Int(axis))])],
+            f32s(&[&x, &norm, &norm]),
+            f32s(&[&x, &stats, &stats]),
+        ));
+    }
+    check(&sig(
+        C::LayerNorm,
+        vec![node("LayerNormalization", &[("axis", A::Int(1))])],
+        f32s(&[&[2, 3, 4], &[4], &[1]]),
+        f32s(&[&[2, 3, 4]]),
+    ));
+}
+
 /// Max, Min, Sum and Mean take every operand (the third and later were ignored), with
 /// broadcasting, and a lone operand.
 #[test]
@@ -665,4 +757,36 @@ fn pow_of_negative_bases_zero_exponents_and_integers() {
             HostTensor::i64(&[4], vec![3, 3, 5, 10]),
         ],
     );
+}
+
+/// Training-mode nodes draw on the batch (BatchNormalization) or on randomness (Dropout):
+/// refused by reason, not run as inference.
+#[test]
+fn training_mode_batchnorm_and_dropout_are_refused() {
+    let Some(ctx) = super::testutil::gpu() else {
+        return;
+    };
+    let bn = sig(
+        C::Eltwise,
+        vec![node("BatchNormalization", &[("training_mode", A::Int(1))])],
+        f32s(&[&[2, 3, 4], &[3], &[3], &[3], &[3]]),
+        f32s(&[&[2, 3, 4]]),
+    );
+    let dropout = sig(
+        C::Copy,
+        vec![node("Dropout", &[])],
+        vec![
+            f32s(&[&[2, 3]]).remove(0),
+            f32s(&[&[]]).remove(0),
+            typed(DType::Bool, &[&[]]).remove(0),
+        ],
+        f32s(&[&[2, 3]]),
+    );
+    for (s, why) in [(bn, "training mode"), (dropout, "training_mode operand")] {
+        let e = super::GpuKernel::build(ctx, &s)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains(why), "{e}");
+    }
 }
