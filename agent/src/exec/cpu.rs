@@ -10,12 +10,16 @@
 use std::sync::Arc;
 
 use moirai_orchestrator::import::onnx::value_info;
-use moirai_shared::kernel::{AttrValue, DType, Dag, KernelSignature, Operand, TensorShape};
+use moirai_shared::kernel::{
+    AttrValue, DType, Dag, FusedNode, KernelSignature, Operand, TensorShape,
+};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use super::host::{input_roles, HostData, HostTensor, InputRole};
-use crate::kernels::{attr_i, attr_is, axis, node_inputs, wire, KernelError};
+use crate::kernels::{
+    absent_inputs, attr_i, attr_is, axis, node_inputs, onnx_position, wire, KernelError,
+};
 
 /// What went wrong building or running a CPU kernel.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,24 @@ fn attribute(name: &str, v: &AttrValue) -> pb::AttributeProto {
         }
     }
     a
+}
+
+/// A signature node's attributes as ONNX attributes (without the coarsener's own).
+fn onnx_attributes(node: &FusedNode) -> Vec<pb::AttributeProto> {
+    node.attrs
+        .iter()
+        .filter(|(k, _)| k.as_str() != moirai_orchestrator::coarsen::ABSENT_INPUTS)
+        .map(|(k, v)| attribute(k, v))
+        .collect()
+}
+
+/// Puts the empty names of absent optional inputs back between the present ones.
+fn absent_as_empty(node: &FusedNode, ins: &mut Vec<String>) {
+    for p in absent_inputs(node) {
+        if p <= ins.len() {
+            ins.insert(p, String::new());
+        }
+    }
 }
 
 fn is_view(op: &str) -> bool {
@@ -276,7 +298,7 @@ fn to_opset(n: &mut pb::NodeProto, inits: &mut Vec<pb::TensorProto>) {
 
 /// Refuses a node tract would run with other semantics than the model's, or that the
 /// signature cannot describe.
-fn refuse_unfaithful(node: &moirai_shared::kernel::FusedNode) -> Result<(), &'static str> {
+fn refuse_unfaithful(node: &FusedNode) -> Result<(), &'static str> {
     match node.op_type.as_str() {
         // The importer keeps no tensor attributes, so the fill value is unknown.
         "ConstantOfShape" => {
@@ -325,8 +347,7 @@ pub fn onnx_model(
             ins.push(prev[0].clone());
         }
         let mut op = node.op_type.clone();
-        let mut attrs: Vec<pb::AttributeProto> =
-            node.attrs.iter().map(|(k, v)| attribute(k, v)).collect();
+        let mut attrs = onnx_attributes(node);
         refuse_unfaithful(node).map_err(|what| unsupported(what.into()))?;
         if is_view(&op) {
             // Target shape: the output if this is the last node, else (before a Transpose)
@@ -382,7 +403,7 @@ pub fn onnx_model(
         } else {
             for (k, &j) in wiring[i].iter().enumerate() {
                 // A chained node's first ONNX operand is the previous output.
-                let pos = k + usize::from(i > 0);
+                let pos = onnx_position(node, k + usize::from(i > 0));
                 if op == "Dropout" && pos == 2 {
                     let training = values.get(j).is_some_and(|v| match &v.data {
                         HostData::F32(x) => x.iter().any(|&x| x != 0.0),
@@ -426,6 +447,7 @@ pub fn onnx_model(
                 }
                 ins.push(format!("in{j}"));
             }
+            absent_as_empty(node, &mut ins);
             // Split sizes come from the outputs: exact for uneven splits too, whichever form
             // (input, `split` or `num_outputs` attribute) the model used.
             if op == "Split" && i == last {
@@ -560,12 +582,13 @@ fn dag_model(
             }
             ins.push(name(o));
         }
+        absent_as_empty(node, &mut ins);
         nodes.push(pb::NodeProto {
             input: ins,
             output: (0..n_out[i]).map(|o| format!("n{i}_{o}")).collect(),
             name: format!("node{i}"),
             op_type: node.op_type.clone(),
-            attribute: node.attrs.iter().map(|(k, v)| attribute(k, v)).collect(),
+            attribute: onnx_attributes(node),
             ..Default::default()
         });
     }

@@ -92,7 +92,10 @@ pub fn input_roles(sig: &KernelSignature) -> Vec<InputRole> {
     };
     for (i, node) in sig.nodes.iter().enumerate() {
         // The signature input that is ONNX operand `k` of this node, if it is one.
-        let at = |k: usize| -> Option<usize> { operands[i].get(k).copied().flatten() };
+        let at = |k: usize| -> Option<usize> {
+            let present = crate::kernels::present_index(node, k)?;
+            operands[i].get(present).copied().flatten()
+        };
         match node.op_type.as_str() {
             // Operands that are shapes, axes or sizes.
             "Reshape" | "Expand" | "Squeeze" | "Unsqueeze" | "Split" | "Tile" | "Trilu"

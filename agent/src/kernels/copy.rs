@@ -24,7 +24,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     // random mask instead, which no kernel here reproduces.
     for (i, node) in sig.nodes.iter().enumerate() {
         let operands = wiring[i].len() + usize::from(i > 0);
-        if node.op_type == "Dropout" && operands > 2 {
+        if node.op_type == "Dropout" && super::onnx_position(node, operands - 1) >= 2 {
             return Err(unsupported(sig, "Dropout with a training_mode operand"));
         }
     }

@@ -166,18 +166,15 @@ pub fn emit(
                 operand(0, sh)?
             ),
             "Clip" => {
-                let lo = if ex.is_empty() {
-                    lit(attr_f(node, "min", f32::NEG_INFINITY))
-                } else {
-                    let j = ex[0];
-                    format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
+                // Bounds by ONNX position: `Clip(x, "", max)` has only a max.
+                let mut bound = |pos: usize, attr: &str, default: f32| {
+                    match super::present_index(node, pos).and_then(|k| ex.get(k - 1)) {
+                        Some(&j) => format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype))),
+                        None => lit(attr_f(node, attr, default)),
+                    }
                 };
-                let hi = if ex.len() < 2 {
-                    lit(attr_f(node, "max", f32::INFINITY))
-                } else {
-                    let j = ex[1];
-                    format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
-                };
+                let lo = bound(1, "min", f32::NEG_INFINITY);
+                let hi = bound(2, "max", f32::INFINITY);
                 format!("v = min(max(v, f32({lo})), f32({hi}));")
             }
             "Add" => format!("v = v + {};", operand(0, sh)?),

@@ -422,6 +422,29 @@ pub(crate) fn attr_s<'a>(n: &'a FusedNode, k: &str) -> Option<&'a str> {
     }
 }
 
+/// The ONNX input positions of a node that are absent before a present one
+/// ([`moirai_orchestrator::coarsen::ABSENT_INPUTS`]).
+pub fn absent_inputs(n: &FusedNode) -> Vec<usize> {
+    attr_is(n, moirai_orchestrator::coarsen::ABSENT_INPUTS)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| usize::try_from(p).ok())
+        .collect()
+}
+
+/// The ONNX input position of a node's `k`-th present operand: `k`, plus the absent optional
+/// inputs before it (`Clip(x, "", max)`: operand 1 is at position 2).
+pub fn onnx_position(n: &FusedNode, k: usize) -> usize {
+    let absent = absent_inputs(n);
+    (0..).filter(|p| !absent.contains(p)).nth(k).unwrap_or(k)
+}
+
+/// The present operand at ONNX input position `pos`, if that input is not absent.
+pub fn present_index(n: &FusedNode, pos: usize) -> Option<usize> {
+    let absent = absent_inputs(n);
+    (!absent.contains(&pos)).then(|| pos - absent.iter().filter(|&&a| a < pos).count())
+}
+
 /// Normalises a possibly negative ONNX axis.
 pub(crate) fn axis(a: i64, rank: usize) -> usize {
     if a < 0 {

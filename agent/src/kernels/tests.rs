@@ -790,3 +790,42 @@ fn training_mode_batchnorm_and_dropout_are_refused() {
         assert!(e.contains(why), "{e}");
     }
 }
+
+/// `Clip(x, "", max)`: the signature lists only the tensors present, so the max bound was
+/// read as the min on both executors; the coarsener now records the absent input.
+#[test]
+fn clip_with_only_a_max_bound_clips_from_above() {
+    use moirai_orchestrator::coarsen::{coarsen, rules::RuleSet};
+    use moirai_orchestrator::import::onnx::{build::ModelBuilder, from_proto, ImportOptions};
+
+    let f = DType::F32;
+    let b = ModelBuilder::new("clip")
+        .input("x", f, &[2, 5])
+        .input("max", f, &[])
+        .node("Clip", &["x", "", "max"], &["y"])
+        .output("y", f, &[2, 5]);
+    let model = from_proto(
+        &b.proto(),
+        std::path::Path::new("clip.onnx"),
+        &ImportOptions::default(),
+    )
+    .expect("imports");
+    let x: Vec<f32> = (-5..5).map(|i| i as f32).collect();
+    let inputs = vec![
+        HostTensor::f32(&[2, 5], x.clone()),
+        HostTensor::f32(&[], vec![1.5]),
+    ];
+    for rules in [RuleSet::wgpu(), RuleSet::cpu()] {
+        let coarse = coarsen(&model, &rules);
+        let sig = &coarse.groups[0].signature;
+        let cpu = crate::exec::cpu::CpuKernel::build_with(sig, &inputs).expect("builds");
+        let want: Vec<f32> = x.iter().map(|v| v.min(1.5)).collect();
+        assert_eq!(
+            cpu.run(&inputs).expect("runs"),
+            vec![HostTensor::f32(&[2, 5], want)],
+            "{}",
+            rules.backend
+        );
+        check_with(sig, inputs.clone());
+    }
+}
