@@ -399,7 +399,8 @@ pub fn onnx_model(
             inits.push(i64_initializer(&name, &t));
             ins.push(name);
             op = "Reshape".into();
-            attrs.clear();
+            // The target is the literal shape: a 0 in it is a zero-sized axis, not "copy".
+            attrs = vec![attribute("allowzero", &AttrValue::Int(1))];
         } else {
             for (k, &j) in wiring[i].iter().enumerate() {
                 // A chained node's first ONNX operand is the previous output.
@@ -1116,5 +1117,23 @@ mod tests {
                 .to_string();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    /// A view becomes a Reshape to the literal output shape: its zero-sized axes are kept
+    /// (without allowzero, tract read the 0 as "copy the input's axis").
+    #[test]
+    fn a_reshape_to_a_shape_with_a_zero_keeps_the_empty_axis() {
+        let f = DType::F32;
+        let s = one(
+            "Reshape",
+            &[],
+            vec![shape(&[0, 3, 4], f), shape(&[3], DType::I64)],
+            vec![shape(&[3, 4, 0], f)],
+        );
+        let values = [
+            HostTensor::f32(&[0, 3, 4], vec![]),
+            HostTensor::i64(&[3], vec![3, 4, 0]),
+        ];
+        assert_eq!(run(&s, &values), vec![HostTensor::f32(&[3, 4, 0], vec![])]);
     }
 }
