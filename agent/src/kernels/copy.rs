@@ -51,6 +51,9 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         .ok_or_else(|| malformed(sig, "copy without input"))?;
     match movers[..] {
         [] => {
+            if sig.nodes.iter().any(|n| n.op_type == "Dropout") && sig.outputs.len() == 2 {
+                return Err(unsupported(sig, "Dropout's mask output"));
+            }
             if sig.outputs.len() != 1 {
                 return Err(malformed(sig, "a view has one output"));
             }

@@ -829,3 +829,58 @@ fn clip_with_only_a_max_bound_clips_from_above() {
         check_with(sig, inputs.clone());
     }
 }
+
+/// Cast between the types the device holds: float to integers truncates toward zero (also
+/// for negatives), to bool tests for non-zero, integers and booleans to float are exact.
+#[test]
+fn casts_between_float_integer_and_bool_match_tract() {
+    let x: Vec<f32> = vec![-2.7, -1.5, -0.5, 0.0, 0.4, 1.5, 2.5, 3.9, 100.2, -100.8];
+    let cast_to = |t: i64| vec![node("Cast", &[("to", A::Int(t))])];
+    // FLOAT to INT32 (6), INT8 (3), INT64 (7), BOOL (9).
+    for (to, dtype) in [
+        (6, DType::I32),
+        (3, DType::I8),
+        (7, DType::I64),
+        (9, DType::Bool),
+    ] {
+        let s = sig(
+            C::Eltwise,
+            cast_to(to),
+            f32s(&[&[10]]),
+            typed(dtype, &[&[10]]),
+        );
+        check_with(&s, vec![HostTensor::f32(&[10], x.clone())]);
+    }
+    // FLOAT to UINT8 (2), in range.
+    let s = sig(
+        C::Eltwise,
+        cast_to(2),
+        f32s(&[&[10]]),
+        typed(DType::U8, &[&[10]]),
+    );
+    let pos: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    check_with(&s, vec![HostTensor::f32(&[10], pos)]);
+    // INT64, INT32 and BOOL to FLOAT (1); INT32 to INT64.
+    let ints: Vec<i64> = vec![-7, -1, 0, 1, 2, 3, 1000, -1000, 65537, 12];
+    for (from, to, out) in [
+        (DType::I64, 1, DType::F32),
+        (DType::I32, 1, DType::F32),
+        (DType::I32, 7, DType::I64),
+    ] {
+        let s = sig(
+            C::Eltwise,
+            cast_to(to),
+            typed(from, &[&[10]]),
+            typed(out, &[&[10]]),
+        );
+        check_with(&s, vec![HostTensor::i64(&[10], ints.clone())]);
+    }
+    let s = sig(
+        C::Eltwise,
+        cast_to(1),
+        typed(DType::Bool, &[&[10]]),
+        f32s(&[&[10]]),
+    );
+    let bits: Vec<i64> = ints.iter().map(|&v| i64::from(v > 0)).collect();
+    check_with(&s, vec![HostTensor::i64(&[10], bits)]);
+}
