@@ -3,6 +3,7 @@
 mod boards;
 mod broker;
 mod coarsen;
+mod conformance;
 mod fleet;
 mod import;
 mod infer;

@@ -66,8 +66,10 @@ pub enum InputRole {
     Variance,
     /// BatchNormalization scale, bias and mean (tract wants them constant).
     BnParam,
-    /// Shape-like integer constants (Reshape shape, Squeeze axes, Split sizes): the kernels
-    /// take shapes from the signature; the CPU executor derives them.
+    /// Constants the output's shape or indexing depends on (Reshape shape, Squeeze axes,
+    /// Split sizes, reduction axes, Slice bounds, Pad widths and value, Range bounds, Trilu
+    /// diagonal): the GPU kernels take shapes from the signature; the CPU executor derives
+    /// them from the boundary shapes where those say them, else bakes the value it is given.
     ShapeConst,
     /// Integer data (e.g. an attention mask before its Cast): small integers.
     IntData,
@@ -90,17 +92,42 @@ pub fn input_roles(sig: &KernelSignature) -> Vec<InputRole> {
     };
     for (i, node) in sig.nodes.iter().enumerate() {
         // The signature input that is ONNX operand `k` of this node, if it is one.
-        let at = |k: usize| -> Option<usize> { operands[i].get(k).copied().flatten() };
+        let at = |k: usize| -> Option<usize> {
+            let present = crate::kernels::present_index(node, k)?;
+            operands[i].get(present).copied().flatten()
+        };
         match node.op_type.as_str() {
             // Operands that are shapes, axes or sizes.
-            "Reshape" | "Expand" | "Squeeze" | "Unsqueeze" | "Split" | "Tile" | "ReduceMean"
-            | "ReduceSum" => {
+            "Reshape" | "Expand" | "Squeeze" | "Unsqueeze" | "Split" | "Tile" | "Trilu"
+            | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd"
+            | "ReduceL1" | "ReduceL2" | "ReduceSumSquare" | "ReduceLogSum" | "ReduceLogSumExp" => {
                 if let Some(j) = at(1) {
                     roles[j] = InputRole::ShapeConst;
                 }
             }
-            "Slice" => {
+            "ConstantOfShape" => {
+                if let Some(j) = at(0) {
+                    roles[j] = InputRole::ShapeConst;
+                }
+            }
+            "Slice" | "Pad" => {
                 for k in 1..5 {
+                    if let Some(j) = at(k) {
+                        roles[j] = InputRole::ShapeConst;
+                    }
+                }
+            }
+            // Dropout's ratio and training_mode: constants of the model; the CPU executor
+            // refuses training mode.
+            "Dropout" => {
+                for k in 1..3 {
+                    if let Some(j) = at(k) {
+                        roles[j] = InputRole::ShapeConst;
+                    }
+                }
+            }
+            "Range" => {
+                for k in 0..3 {
                     if let Some(j) = at(k) {
                         roles[j] = InputRole::ShapeConst;
                     }

@@ -20,6 +20,14 @@ fn is_view(op: &str) -> bool {
 }
 
 pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, KernelError> {
+    // Dropout is the identity at inference; with a training_mode operand it may draw a
+    // random mask instead, which no kernel here reproduces.
+    for (i, node) in sig.nodes.iter().enumerate() {
+        let operands = wiring[i].len() + usize::from(i > 0);
+        if node.op_type == "Dropout" && super::onnx_position(node, operands - 1) >= 2 {
+            return Err(unsupported(sig, "Dropout with a training_mode operand"));
+        }
+    }
     // Element-wise ops after the data movement (e.g. the attention scale after a head
     // transpose) become its epilogue.
     let tail = sig
@@ -43,6 +51,9 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         .ok_or_else(|| malformed(sig, "copy without input"))?;
     match movers[..] {
         [] => {
+            if sig.nodes.iter().any(|n| n.op_type == "Dropout") && sig.outputs.len() == 2 {
+                return Err(unsupported(sig, "Dropout's mask output"));
+            }
             if sig.outputs.len() != 1 {
                 return Err(malformed(sig, "a view has one output"));
             }

@@ -41,6 +41,8 @@ pub fn is_elementwise(op: &str) -> bool {
             | "Pow"
             | "Max"
             | "Min"
+            | "Sum"
+            | "Mean"
             | "PRelu"
             | "BatchNormalization"
             | "Floor"
@@ -197,7 +199,12 @@ pub fn emit(
             ),
             "HardSwish" => "v = v * clamp(v / 6.0 + 0.5, 0.0, 1.0);".into(),
             "Erf" => "v = erf_approx(v);".into(),
-            "Gelu" => "v = 0.5 * v * (1.0 + erf_approx(v * 0.70710678));".into(),
+            "Gelu" => match super::attr_s(node, "approximate").unwrap_or("none") {
+                "none" => "v = 0.5 * v * (1.0 + erf_approx(v * 0.70710678));".into(),
+                // tanh saturates long before 15; the clamp keeps exp-based tanh finite.
+                "tanh" => "v = 0.5 * v * (1.0 + tanh(clamp(0.7978845608 * (v + 0.044715 * v * v * v), -15.0, 15.0)));".into(),
+                other => return Err(unsupported(sig, format!("Gelu approximate={other:?}"))),
+            },
             "Sqrt" => "v = sqrt(v);".into(),
             "Exp" => "v = exp(v);".into(),
             "Log" => "v = log(v);".into(),
@@ -243,33 +250,52 @@ pub fn emit(
                 operand(0, sh)?
             ),
             "Clip" => {
-                let lo = if ex.is_empty() {
-                    lit(attr_f(node, "min", f32::NEG_INFINITY))
-                } else {
-                    let j = ex[0];
-                    format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
+                // Bounds by ONNX position: `Clip(x, "", max)` has only a max.
+                let mut bound = |pos: usize, attr: &str, default: f32| {
+                    match super::present_index(node, pos).and_then(|k| ex.get(k - 1)) {
+                        Some(&j) => format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype))),
+                        None => lit(attr_f(node, attr, default)),
+                    }
                 };
-                let hi = if ex.len() < 2 {
-                    lit(attr_f(node, "max", f32::INFINITY))
-                } else {
-                    let j = ex[1];
-                    format!("{}[0]", sh.input(j, gpu_dtype(sig.inputs[j].dtype)))
-                };
+                let lo = bound(1, "min", f32::NEG_INFINITY);
+                let hi = bound(2, "max", f32::INFINITY);
                 format!("v = min(max(v, f32({lo})), f32({hi}));")
             }
             "Add" => format!("v = v + {};", operand(0, sh)?),
             "Sub" => format!("v = v - {};", operand(0, sh)?),
             "Mul" => format!("v = v * {};", operand(0, sh)?),
             "Div" => format!("v = v / {};", operand(0, sh)?),
-            // WGSL pow is undefined for negative bases; ONNX squares negatives fine.
+            // WGSL pow is exp2(p * log2(x)): undefined for negative bases, NaN for 0^0 and
+            // inexact for integers. ONNX (numpy) takes negatives to integer powers, gives NaN
+            // for a fractional power of a negative, 1 for x^0, and integers stay integers.
+            // The NaN comes from bits that depend on `v`, so no constant folding sees it.
             "Pow" => format!(
-                "{{ let p = {}; let a = pow(abs(v), p); let odd = fract(p) == 0.0 && fract(p * 0.5) != 0.0; v = select(a, -a, v < 0.0 && odd); }}",
+                "{{ let p = {}; var a = pow(abs(v), p); let whole = fract(p) == 0.0; a = select(a, round(a), whole && p >= 0.0 && fract(v) == 0.0); let odd = whole && fract(p * 0.5) != 0.0; a = select(a, -a, v < 0.0 && odd); a = select(a, bitcast<f32>(0x7fc00000u | (bitcast<u32>(v) & 0u)), v < 0.0 && !whole); v = select(a, 1.0, p == 0.0); }}",
                 operand(0, sh)?
             ),
-            "Max" => format!("v = max(v, {});", operand(0, sh)?),
-            "Min" => format!("v = min(v, {});", operand(0, sh)?),
+            // Variadic: every operand after the first, in turn.
+            "Max" | "Min" | "Sum" | "Mean" => {
+                let mut st = String::new();
+                for k in 0..ex.len() {
+                    let x = operand(k, sh)?;
+                    let _ = match op {
+                        "Max" => write!(st, "v = max(v, {x}); "),
+                        "Min" => write!(st, "v = min(v, {x}); "),
+                        _ => write!(st, "v = v + {x}; "),
+                    };
+                }
+                if op == "Mean" {
+                    let _ = write!(st, "v = v / {}.0;", ex.len() + 1);
+                }
+                st
+            }
             "PRelu" => format!("v = select({} * v, v, v >= 0.0);", operand(0, sh)?),
             "BatchNormalization" => {
+                // Training mode normalises by the batch's own statistics and updates the
+                // running ones: another kernel.
+                if super::attr_i(node, "training_mode", 0) != 0 {
+                    return Err(unsupported(sig, "BatchNormalization in training mode"));
+                }
                 if ex.len() != 4 {
                     return Err(malformed(sig, "BatchNormalization needs 4 parameters"));
                 }

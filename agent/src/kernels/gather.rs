@@ -35,7 +35,11 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         _ => return Err(malformed(sig, "Gather needs data and indices")),
     };
     if head.op_type != "Gather" {
-        return Err(malformed(sig, format!("{} as a gather head", head.op_type)));
+        // GatherElements and GatherND index differently: kernels of their own.
+        return Err(unsupported(
+            sig,
+            format!("{} as a gather head", head.op_type),
+        ));
     }
     let mut data_dims = sig.inputs[wd].dims.clone();
     for node in &sig.nodes[..views] {

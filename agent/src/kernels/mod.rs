@@ -382,18 +382,25 @@ pub fn node_inputs(sig: &KernelSignature) -> Result<Vec<Vec<Option<usize>>>, Ker
         .collect())
 }
 
-/// (min, max) ONNX operand count of an op.
+/// (min, max) ONNX operand count of an op, over the opsets (an input that became an
+/// attribute or the reverse widens the range).
 fn arity(op: &str, n_in: usize) -> (usize, usize) {
     match op {
-        "Conv" | "Gemm" => (2, 3),
+        "Conv" | "Gemm" | "ConvTranspose" => (2, 3),
         "BatchNormalization" => (5, 5),
         "Clip" => (1, 3),
         "LayerNormalization" => (2, 3),
+        "InstanceNormalization" | "GroupNormalization" | "Range" => (3, 3),
         "Concat" | "Sum" | "Max" | "Min" | "Mean" => (1, n_in),
-        "Split" | "Squeeze" | "Unsqueeze" | "ReduceMean" | "ReduceSum" => (1, 2),
-        "Reshape" | "Gather" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "PRelu"
-        | "Equal" | "Expand" | "And" | "Or" | "Xor" | "Less" | "Greater" | "LessOrEqual"
-        | "GreaterOrEqual" | "Mod" => (2, 2),
+        "Split" | "Squeeze" | "Unsqueeze" | "ReduceMean" | "ReduceSum" | "ReduceMax"
+        | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceSumSquare"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "Trilu" => (1, 2),
+        "Dropout" => (1, 3),
+        "Pad" => (1, 4),
+        "Tile" => (2, 3),
+        "Reshape" | "Gather" | "GatherElements" | "GatherND" | "MatMul" | "Add" | "Sub" | "Mul"
+        | "Div" | "Pow" | "PRelu" | "Equal" | "Expand" | "And" | "Or" | "Xor" | "Less"
+        | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Mod" | "CastLike" => (2, 2),
         "Where" => (3, 3),
         "Slice" => (3, 5),
         _ => (1, 1),
@@ -428,6 +435,29 @@ pub(crate) fn attr_s<'a>(n: &'a FusedNode, k: &str) -> Option<&'a str> {
         Some(AttrValue::Str(s)) => Some(s),
         _ => None,
     }
+}
+
+/// The ONNX input positions of a node that are absent before a present one
+/// ([`moirai_orchestrator::coarsen::ABSENT_INPUTS`]).
+pub fn absent_inputs(n: &FusedNode) -> Vec<usize> {
+    attr_is(n, moirai_orchestrator::coarsen::ABSENT_INPUTS)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| usize::try_from(p).ok())
+        .collect()
+}
+
+/// The ONNX input position of a node's `k`-th present operand: `k`, plus the absent optional
+/// inputs before it (`Clip(x, "", max)`: operand 1 is at position 2).
+pub fn onnx_position(n: &FusedNode, k: usize) -> usize {
+    let absent = absent_inputs(n);
+    (0..).filter(|p| !absent.contains(p)).nth(k).unwrap_or(k)
+}
+
+/// The present operand at ONNX input position `pos`, if that input is not absent.
+pub fn present_index(n: &FusedNode, pos: usize) -> Option<usize> {
+    let absent = absent_inputs(n);
+    (!absent.contains(&pos)).then(|| pos - absent.iter().filter(|&&a| a < pos).count())
 }
 
 /// Normalises a possibly negative ONNX axis.

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use moirai_shared::kernel::KernelSignature;
 
-use super::shader::Shader;
+use super::shader::{broadcast_index, Shader};
 use super::{attr_f, attr_i, axis, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan};
 use crate::gpu::buffers::GpuDType;
 
@@ -39,6 +39,23 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         other => return Err(unsupported(sig, format!("{other} as a normalisation head"))),
     };
     let rows = outer * inner;
+    if rows == 0 || len == 0 {
+        return Err(unsupported(sig, format!("{op} of an empty tensor")));
+    }
+    // LayerNormalization's optional Mean and InvStdDev outputs: one value per row.
+    let stats = sig.outputs.len() - 1;
+    if stats > usize::from(op == "LayerNormalization") * 2 {
+        return Err(malformed(
+            sig,
+            format!("{op} with {} outputs", sig.outputs.len()),
+        ));
+    }
+    if sig.outputs[1..].iter().any(|t| t.elements() != rows) {
+        return Err(malformed(
+            sig,
+            "LayerNormalization statistics are not one per row",
+        ));
+    }
     let finish = if op == "Softmax" {
         // pass 1: max; pass 2: sum of exp; pass 3: write.
         format!(
@@ -46,17 +63,30 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
         )
     } else {
         let w = &wiring[0];
+        // Scale and bias broadcast (numpy rules) to the normalised shape, indexed by `j`.
+        let norm_shape = &dims[axis(attr_i(head, "axis", -1), rank)..];
+        let mut param = |j: usize| {
+            let name = sh.input(j, GpuDType::F32);
+            let ix = broadcast_index(norm_shape, &sig.inputs[j].dims, "j");
+            format!("{name}[{ix}]")
+        };
         let scale = match w.get(1) {
-            Some(&j) => sh.input(j, GpuDType::F32),
+            Some(&j) => param(j),
             None => return Err(malformed(sig, "LayerNormalization without scale")),
         };
         let bias = match w.get(2) {
-            Some(&j) => format!(" + {}[j]", sh.input(j, GpuDType::F32)),
+            Some(&j) => format!(" + {}", param(j)),
             None => String::new(),
         };
         let eps = attr_f(head, "epsilon", 1e-5);
+        let mut stats_out = String::new();
+        for o in 1..=stats {
+            let name = sh.output(o, gpu_dtype(sig.outputs[o].dtype));
+            let value = if o == 1 { "mean" } else { "rstd" };
+            let _ = write!(stats_out, " {name}[row] = {value};");
+        }
         format!(
-            "    var s = 0.0;\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ s += {xn}[base + j]; }}\n    let mean = reduce_sum(s, lid.x) / {len}.0;\n    var q = 0.0;\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ let d = {xn}[base + j] - mean; q += d * d; }}\n    let rstd = inverseSqrt(reduce_sum(q, lid.x) / {len}.0 + {eps:?});\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ let idx = base + j; Y[idx] = epi(({xn}[idx] - mean) * rstd * {scale}[j]{bias}, idx); }}\n"
+            "    var s = 0.0;\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ s += {xn}[base + j]; }}\n    let mean = reduce_sum(s, lid.x) / {len}.0;\n    var q = 0.0;\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ let d = {xn}[base + j] - mean; q += d * d; }}\n    let rstd = inverseSqrt(reduce_sum(q, lid.x) / {len}.0 + {eps:?});\n    if (lid.x == 0u) {{{stats_out} }}\n    for (var j = lid.x; j < {len}u; j += {THREADS}u) {{ let idx = base + j; Y[idx] = epi(({xn}[idx] - mean) * rstd * {scale}{bias}, idx); }}\n"
         )
     };
     epilogue::emit(sig, 1, &wiring[1..], &mut sh)?;
@@ -86,7 +116,7 @@ pub fn plan(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan, Kernel
     let (src, slots) = sh.finish(&s);
     Ok(Plan {
         steps: vec![(src, slots, [gx as u32, gy as u32, 1])],
-        aliases: vec![None],
+        aliases: vec![None; sig.outputs.len()],
         consts: Vec::new(),
     })
 }

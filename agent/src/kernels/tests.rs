@@ -605,3 +605,336 @@ fn a_signature_whose_epilogue_grows_the_heads_output_is_refused() {
         "{err}"
     );
 }
+
+/// A lone node of any op the rules fuse gets every signature input (the arity table knew too
+/// few ops, and reductions with an axes operand, Pad, ConvTranspose, ... were malformed).
+#[test]
+fn wiring_gives_a_lone_node_all_of_its_operands() {
+    for (op, n) in [
+        ("ReduceL2", 2),
+        ("ReduceMax", 2),
+        ("Trilu", 2),
+        ("ConvTranspose", 3),
+        ("Pad", 3),
+        ("Dropout", 3),
+        ("GatherElements", 2),
+        ("InstanceNormalization", 3),
+        ("Range", 3),
+    ] {
+        let shapes: Vec<&[usize]> = vec![&[2, 2]; n];
+        let s = sig(
+            C::Other,
+            vec![node(op, &[])],
+            f32s(&shapes),
+            f32s(&[&[2, 2]]),
+        );
+        assert_eq!(wire(&s).unwrap(), vec![(0..n).collect::<Vec<_>>()], "{op}");
+    }
+}
+
+/// Groups of several channels whose output channels do not fill the per-invocation block
+/// (5 per group with blocks of 4; 3 per group with blocks of 1), on odd widths.
+#[test]
+fn grouped_conv_with_partial_channel_blocks() {
+    check(&conv_sig([1, 4, 7, 9], 10, [3, 3], 1, 1, 1, 2, &[]));
+    check(&conv_sig([2, 6, 5, 6], 9, [2, 3], 2, 0, 1, 3, &["Relu"]));
+}
+
+/// Pooling reads integer inputs as integers (uint8 images were read as f32 bits) and writes
+/// MaxPool's Indices output, row-major or column-major; AveragePool with ceil_mode counts
+/// the padding but not the window's part beyond it.
+#[test]
+fn pooling_reads_integers_writes_indices_and_counts_only_real_padding() {
+    let mp = |attrs: &[(&str, A)], x: TensorShape, outs: Vec<TensorShape>| {
+        let mut a = vec![
+            ("kernel_shape", A::Ints(vec![2, 2])),
+            ("pads", A::Ints(vec![0, 0, 1, 1])),
+        ];
+        a.extend(attrs.iter().cloned());
+        sig(C::Pool, vec![node("MaxPool", &a)], vec![x], outs)
+    };
+    let u8x = TensorShape {
+        dims: vec![1, 2, 5, 5],
+        dtype: DType::U8,
+    };
+    let values = vec![HostTensor::i64(
+        &[1, 2, 5, 5],
+        (0..50).map(|i| (i * 37) % 251).collect(),
+    )];
+    check_with(
+        &mp(
+            &[],
+            u8x.clone(),
+            vec![typed(DType::U8, &[&[1, 2, 5, 5]]).remove(0)],
+        ),
+        values,
+    );
+    for order in [0, 1] {
+        let x = TensorShape {
+            dims: vec![1, 2, 5, 5],
+            dtype: DType::F32,
+        };
+        let outs = vec![
+            f32s(&[&[1, 2, 5, 5]]).remove(0),
+            typed(DType::I64, &[&[1, 2, 5, 5]]).remove(0),
+        ];
+        check(&mp(&[("storage_order", A::Int(order))], x, outs));
+    }
+    // 6 + 1 + 1 padded, windows of 3 every 2, ceil: the last window covers 5, 6 (padding)
+    // and 7 (beyond): 2 counted per axis, not 3.
+    for count in [0, 1] {
+        check(&sig(
+            C::Pool,
+            vec![node(
+                "AveragePool",
+                &[
+                    ("kernel_shape", A::Ints(vec![3, 3])),
+                    ("strides", A::Ints(vec![2, 2])),
+                    ("pads", A::Ints(vec![1, 1, 1, 1])),
+                    ("ceil_mode", A::Int(1)),
+                    ("count_include_pad", A::Int(count)),
+                ],
+            )],
+            f32s(&[&[1, 2, 6, 6]]),
+            f32s(&[&[1, 2, 4, 4]]),
+        ));
+    }
+}
+
+/// LayerNormalization's optional Mean and InvStdDev outputs (they were left unwritten), over
+/// the last axes and from axis 0, with a scale broadcast from fewer dimensions.
+#[test]
+fn layernorm_writes_mean_and_inverse_std_dev() {
+    for (axis, stats) in [(1, vec![2, 1, 1]), (-1, vec![2, 3, 1]), (0, vec![1, 1, 1])] {
+        let x = [2usize, 3, 4];
+        let a = if axis < 0 { 2 } else { axis as usize };
+        let norm: Vec<usize> = x[a..].to_vec();
+        check(&sig(
+            C::LayerNorm,
+            vec![node("LayerNormalization", &[("axis", A::Int(axis))])],
+            f32s(&[&x, &norm, &norm]),
+            f32s(&[&x, &stats, &stats]),
+        ));
+    }
+    check(&sig(
+        C::LayerNorm,
+        vec![node("LayerNormalization", &[("axis", A::Int(1))])],
+        f32s(&[&[2, 3, 4], &[4], &[1]]),
+        f32s(&[&[2, 3, 4]]),
+    ));
+}
+
+/// Max, Min, Sum and Mean take every operand (the third and later were ignored), with
+/// broadcasting, and a lone operand.
+#[test]
+fn variadic_max_min_sum_and_mean_take_every_operand() {
+    for op in ["Max", "Min", "Sum", "Mean"] {
+        check(&sig(
+            C::Eltwise,
+            vec![node(op, &[])],
+            f32s(&[&[3, 4], &[4], &[3, 1], &[1]]),
+            f32s(&[&[3, 4]]),
+        ));
+        check(&sig(
+            C::Eltwise,
+            vec![node(op, &[])],
+            f32s(&[&[5]]),
+            f32s(&[&[5]]),
+        ));
+    }
+}
+
+/// Gelu with `approximate = "tanh"` (it was computed with erf), against the formula at the
+/// ONNX suite's tolerance: erf and tanh forms differ by up to 5e-4, more than `check` allows.
+#[test]
+fn gelu_tanh_approximation() {
+    let Some(ctx) = super::testutil::gpu() else {
+        return;
+    };
+    let s = sig(
+        C::Eltwise,
+        vec![node("Gelu", &[("approximate", A::Str("tanh".into()))])],
+        f32s(&[&[64]]),
+        f32s(&[&[64]]),
+    );
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) * 0.3).collect();
+    let pool = crate::gpu::BufferPool::default();
+    let k = super::GpuKernel::build(ctx, &s).expect("builds");
+    let input = HostTensor::f32(&[64], x.clone())
+        .upload(ctx, &pool)
+        .expect("upload");
+    let out = k.run(ctx, &pool, &[input]).expect("runs");
+    let got = crate::gpu::buffers::readback_f32(ctx, &out[0]).expect("readback");
+    for (&x, &g) in x.iter().zip(&got) {
+        let x = x as f64;
+        let want = 0.5
+            * x
+            * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+        assert!(
+            (g as f64 - want).abs() <= 1e-6 + 1e-4 * want.abs(),
+            "gelu_tanh({x}) = {g}, want {want}"
+        );
+    }
+}
+
+/// Pow as numpy: odd and even integer powers of negatives, NaN for a fractional power of a
+/// negative (WGSL gave |x|^p), 1 for x^0 (also 0^0), exact integer results.
+#[test]
+fn pow_of_negative_bases_zero_exponents_and_integers() {
+    let base = [-2.0f32, -2.0, -8.0, 0.0, 0.0, 3.0, -3.0, 7.0, 5.0, 2.0];
+    let exp = [3.0f32, 2.0, 1.0 / 3.0, 0.0, 2.0, 4.0, 0.0, 3.0, -1.0, 0.5];
+    let s = sig(
+        C::Eltwise,
+        vec![node("Pow", &[])],
+        f32s(&[&[10], &[10]]),
+        f32s(&[&[10]]),
+    );
+    check_with(
+        &s,
+        vec![
+            HostTensor::f32(&[10], base.to_vec()),
+            HostTensor::f32(&[10], exp.to_vec()),
+        ],
+    );
+    // 7^3 = 343 exactly once stored as an integer (exp2/log2 gives 342.99997).
+    let mut ints = sig(
+        C::Eltwise,
+        vec![node("Pow", &[])],
+        typed(DType::I32, &[&[4], &[4]]),
+        typed(DType::I32, &[&[4]]),
+    );
+    ints.outputs[0].dtype = DType::I32;
+    check_with(
+        &ints,
+        vec![
+            HostTensor::i64(&[4], vec![7, -3, 11, 2]),
+            HostTensor::i64(&[4], vec![3, 3, 5, 10]),
+        ],
+    );
+}
+
+/// Training-mode nodes draw on the batch (BatchNormalization) or on randomness (Dropout):
+/// refused by reason, not run as inference.
+#[test]
+fn training_mode_batchnorm_and_dropout_are_refused() {
+    let Some(ctx) = super::testutil::gpu() else {
+        return;
+    };
+    let bn = sig(
+        C::Eltwise,
+        vec![node("BatchNormalization", &[("training_mode", A::Int(1))])],
+        f32s(&[&[2, 3, 4], &[3], &[3], &[3], &[3]]),
+        f32s(&[&[2, 3, 4]]),
+    );
+    let dropout = sig(
+        C::Copy,
+        vec![node("Dropout", &[])],
+        vec![
+            f32s(&[&[2, 3]]).remove(0),
+            f32s(&[&[]]).remove(0),
+            typed(DType::Bool, &[&[]]).remove(0),
+        ],
+        f32s(&[&[2, 3]]),
+    );
+    for (s, why) in [(bn, "training mode"), (dropout, "training_mode operand")] {
+        let e = super::GpuKernel::build(ctx, &s)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains(why), "{e}");
+    }
+}
+
+/// `Clip(x, "", max)`: the signature lists only the tensors present, so the max bound was
+/// read as the min on both executors; the coarsener now records the absent input.
+#[test]
+fn clip_with_only_a_max_bound_clips_from_above() {
+    use moirai_orchestrator::coarsen::{coarsen, rules::RuleSet};
+    use moirai_orchestrator::import::onnx::{build::ModelBuilder, from_proto, ImportOptions};
+
+    let f = DType::F32;
+    let b = ModelBuilder::new("clip")
+        .input("x", f, &[2, 5])
+        .input("max", f, &[])
+        .node("Clip", &["x", "", "max"], &["y"])
+        .output("y", f, &[2, 5]);
+    let model = from_proto(
+        &b.proto(),
+        std::path::Path::new("clip.onnx"),
+        &ImportOptions::default(),
+    )
+    .expect("imports");
+    let x: Vec<f32> = (-5..5).map(|i| i as f32).collect();
+    let inputs = vec![
+        HostTensor::f32(&[2, 5], x.clone()),
+        HostTensor::f32(&[], vec![1.5]),
+    ];
+    for rules in [RuleSet::wgpu(), RuleSet::cpu()] {
+        let coarse = coarsen(&model, &rules);
+        let sig = &coarse.groups[0].signature;
+        let cpu = crate::exec::cpu::CpuKernel::build_with(sig, &inputs).expect("builds");
+        let want: Vec<f32> = x.iter().map(|v| v.min(1.5)).collect();
+        assert_eq!(
+            cpu.run(&inputs).expect("runs"),
+            vec![HostTensor::f32(&[2, 5], want)],
+            "{}",
+            rules.backend
+        );
+        check_with(sig, inputs.clone());
+    }
+}
+
+/// Cast between the types the device holds: float to integers truncates toward zero (also
+/// for negatives), to bool tests for non-zero, integers and booleans to float are exact.
+#[test]
+fn casts_between_float_integer_and_bool_match_tract() {
+    let x: Vec<f32> = vec![-2.7, -1.5, -0.5, 0.0, 0.4, 1.5, 2.5, 3.9, 100.2, -100.8];
+    let cast_to = |t: i64| vec![node("Cast", &[("to", A::Int(t))])];
+    // FLOAT to INT32 (6), INT8 (3), INT64 (7), BOOL (9).
+    for (to, dtype) in [
+        (6, DType::I32),
+        (3, DType::I8),
+        (7, DType::I64),
+        (9, DType::Bool),
+    ] {
+        let s = sig(
+            C::Eltwise,
+            cast_to(to),
+            f32s(&[&[10]]),
+            typed(dtype, &[&[10]]),
+        );
+        check_with(&s, vec![HostTensor::f32(&[10], x.clone())]);
+    }
+    // FLOAT to UINT8 (2), in range.
+    let s = sig(
+        C::Eltwise,
+        cast_to(2),
+        f32s(&[&[10]]),
+        typed(DType::U8, &[&[10]]),
+    );
+    let pos: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    check_with(&s, vec![HostTensor::f32(&[10], pos)]);
+    // INT64, INT32 and BOOL to FLOAT (1); INT32 to INT64.
+    let ints: Vec<i64> = vec![-7, -1, 0, 1, 2, 3, 1000, -1000, 65537, 12];
+    for (from, to, out) in [
+        (DType::I64, 1, DType::F32),
+        (DType::I32, 1, DType::F32),
+        (DType::I32, 7, DType::I64),
+    ] {
+        let s = sig(
+            C::Eltwise,
+            cast_to(to),
+            typed(from, &[&[10]]),
+            typed(out, &[&[10]]),
+        );
+        check_with(&s, vec![HostTensor::i64(&[10], ints.clone())]);
+    }
+    let s = sig(
+        C::Eltwise,
+        cast_to(1),
+        typed(DType::Bool, &[&[10]]),
+        f32s(&[&[10]]),
+    );
+    let bits: Vec<i64> = ints.iter().map(|&v| i64::from(v > 0)).collect();
+    check_with(&s, vec![HostTensor::i64(&[10], bits)]);
+}

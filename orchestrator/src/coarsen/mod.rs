@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use moirai_shared::device::Backend;
-use moirai_shared::kernel::{Dag, FusedNode, KernelSignature, Operand, TensorShape};
+use moirai_shared::kernel::{AttrValue, Dag, FusedNode, KernelSignature, Operand, TensorShape};
 use tracing::{debug, instrument};
 
 use crate::import::onnx::{self, ImportError, ImportOptions, OnnxModel, TensorOrigin};
@@ -93,6 +93,26 @@ fn dag_of(
     }
     chain &= next_input as usize == boundary.len();
     (!chain).then_some(Dag { operands, results })
+}
+
+/// Attribute a signature node carries when optional ONNX inputs are absent (empty names)
+/// before a present one: their positions, e.g. `[1]` for `Clip(x, "", max)`. A signature
+/// lists only the tensors present, so without it `max` would read as `min`. Not an ONNX
+/// attribute: executors drop it when they rebuild the node.
+pub const ABSENT_INPUTS: &str = "moirai.absent_inputs";
+
+/// A node's attributes for its signature: its own, plus [`ABSENT_INPUTS`] where needed.
+fn signature_attrs(node: &onnx::OnnxNode) -> BTreeMap<String, AttrValue> {
+    let mut attrs = node.attrs.clone();
+    let last = node.inputs.iter().rposition(|t| !t.is_empty()).unwrap_or(0);
+    let absent: Vec<i64> = (0..last)
+        .filter(|&i| node.inputs[i].is_empty())
+        .map(|i| i as i64)
+        .collect();
+    if !absent.is_empty() {
+        attrs.insert(ABSENT_INPUTS.to_string(), AttrValue::Ints(absent));
+    }
+    attrs
 }
 
 /// One fused kernel: a group of ONNX nodes executed as a unit.
@@ -487,7 +507,12 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
                     .iter()
                     .map(|s| FusedNode {
                         op_type: s.op_type.clone(),
-                        attrs: s.attrs.clone(),
+                        // The ONNX node behind a step, unless the step stands for several
+                        // (GELU): it says which of its optional inputs are absent.
+                        attrs: match model.producer(&s.output).map(|n| &model.nodes[n]) {
+                            Some(n) if n.op_type == s.op_type => signature_attrs(n),
+                            _ => s.attrs.clone(),
+                        },
                     })
                     .collect(),
                 steps
@@ -500,7 +525,7 @@ fn build(ctx: &Ctx, backend: Backend, gg: &GroupGraph) -> CoarseGraph {
                     .iter()
                     .map(|&n| FusedNode {
                         op_type: model.nodes[n].op_type.clone(),
-                        attrs: model.nodes[n].attrs.clone(),
+                        attrs: signature_attrs(&model.nodes[n]),
                     })
                     .collect(),
                 boundary.iter().map(|t| shape(t)).collect(),
