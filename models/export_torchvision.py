@@ -6,7 +6,9 @@ OUT/<name>/test_data_set_0/{input_0.pb,output_0.pb}.
 
 The same recipe as ../shared/tools/export_reference.py (BatchNorm statistics calibrated on random
 batches so activations neither vanish nor blow up), plus what a transformer export needs: the
-fused multi-head-attention fast path is switched off, so ViT exports as MatMul/Softmax nodes.
+fused multi-head-attention fast path is switched off, so ViT exports as MatMul/Softmax nodes,
+and layers torchvision initialises to zero (ViT's head) get random weights, or the output would
+be all zeros and any comparison would pass.
 Multi-megabyte exports are not committed; models/bench_families.sh makes them.
 
 Needs: pip install torch torchvision onnx onnxruntime numpy.
@@ -34,9 +36,20 @@ def calibrate(m, size):
     return m.eval()
 
 
+def no_zero_weights(m):
+    """torchvision zero-initialises some layers (ViT's classifier head): with random weights
+    the output would be all zeros and every comparison would pass. Give them random ones."""
+    with torch.no_grad():
+        for mod in m.modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(w, torch.nn.Parameter) and w.dim() >= 2 and not w.any():
+                w.normal_(0.0, 0.02)
+    return m
+
+
 def export(out, name):
     torch.manual_seed(0)
-    m = getattr(torchvision.models, name)()
+    m = no_zero_weights(getattr(torchvision.models, name)())
     size = 299 if name.startswith("inception") else 224
     m = calibrate(m, size)
     d = os.path.join(out, name)
