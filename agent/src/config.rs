@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use moirai_shared::device::{BoardSpec, DeviceError};
-use moirai_shared::wire::topic::{agent_name, Topics};
-use moirai_shared::wire::{AgentName, BrokerAddr, WireError};
+use moirai_core::device::{BoardSpec, DeviceError};
+use moirai_core::wire::topic::{agent_name, Topics};
+use moirai_core::wire::{AgentName, BrokerAddr, WireError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -60,7 +60,7 @@ pub struct AgentConfig {
     /// Bytes of each link probe.
     pub probe_bytes: usize,
     /// TLS and login for the broker (default: plain TCP, no login).
-    pub security: moirai_orchestrator::security::ClientSecurity,
+    pub security: moirai_link::tls::ClientSecurity,
     /// Rollout: where releases go, and what to report once announced.
     pub rollout: crate::rollout::RolloutSetup,
 }

@@ -2,8 +2,8 @@
 //!
 //! - [`gpu`]: the wgpu context ([`gpu::GpuContext`]: adapter choice, limits, timestamp support)
 //!   and device buffers ([`gpu::GpuTensor`], [`gpu::BufferPool`]).
-//! - [`kernels`]: one WGSL kernel family per [`moirai_shared::kernel::KernelClass`], built from a
-//!   [`moirai_shared::kernel::KernelSignature`] and specialised to its shapes
+//! - [`kernels`]: one WGSL kernel family per [`moirai_core::kernel::KernelClass`], built from a
+//!   [`moirai_core::kernel::KernelSignature`] and specialised to its shapes
 //!   ([`kernels::GpuKernel`]).
 //! - [`exec`]: the CPU executor (tract) for boards without an adapter and the reference the
 //!   kernel tests compare against ([`exec::cpu::CpuKernel`]).

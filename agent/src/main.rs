@@ -4,6 +4,8 @@
 //! them to the profile store; `bench-kernels` prints achieved GFLOP/s and GB/s per kernel class
 //! next to tract's matmul and the adapter's figures; `adapters` lists what wgpu sees.
 
+mod commands;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,7 +16,7 @@ use moirai_agent::gpu::context::{AdapterChoice, GpuContext};
 use moirai_agent::profile::bench;
 use moirai_agent::profile::store::ProfileStore;
 use moirai_agent::profile::{Backend, KernelProfile, Profiler};
-use moirai_shared::kernel::KernelSignature;
+use moirai_core::kernel::KernelSignature;
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +37,7 @@ struct Cli {
     command: Option<Command>,
     /// Without a subcommand: connect to the orchestrator's broker and serve.
     #[command(flatten)]
-    connect: moirai_agent::link::cli::ConnectArgs,
+    connect: commands::connect::ConnectArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -110,7 +112,7 @@ enum Command {
     /// List the adapters wgpu sees, best first.
     Adapters,
     /// Serve distributed inference: run this agent's share of the plan with its weights.
-    InferWorker(moirai_agent::exec::worker::WorkerArgs),
+    InferWorker(commands::worker::WorkerArgs),
     /// Per-request latency of a share on the GPU executor and on tract, and how far their
     /// outputs are apart.
     BenchShare {
@@ -162,7 +164,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("moirai-agent: {e:#}");
             let status = e
-                .downcast_ref::<moirai_agent::link::cli::ConnectError>()
+                .downcast_ref::<commands::connect::ConnectError>()
                 .map_or(1, |c| c.exit_status());
             ExitCode::from(status)
         }
@@ -205,7 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(command) = cli.command else {
-        let ended = moirai_agent::link::cli::run(cli.connect, None)?;
+        let ended = commands::connect::run(cli.connect, None)?;
         if ended.exit_status() != 0 {
             // A rolled-out release took over: tell systemd to start `current` again.
             std::process::exit(i32::from(ended.exit_status()));
@@ -213,7 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     match command {
-        Command::InferWorker(args) => Ok(moirai_agent::exec::worker::run_blocking(args)?),
+        Command::InferWorker(args) => Ok(commands::worker::run(args)?),
         Command::Adapters => {
             let list = GpuContext::list_adapters();
             if list.is_empty() {
@@ -240,8 +242,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             // A board runs the kernels its backend's fusion rules make.
             let rules = match device.backend {
-                BackendArg::Wgpu => moirai_shared::device::Backend::Wgpu,
-                BackendArg::Cpu => moirai_shared::device::Backend::Cpu,
+                BackendArg::Wgpu => moirai_core::device::Backend::Wgpu,
+                BackendArg::Cpu => moirai_core::device::Backend::Cpu,
             };
             let sigs = load_signatures(model.as_deref(), signatures.as_deref(), rules)?;
             if let Some(p) = &write_signatures {
@@ -309,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             let mut st = ProfileStore::open(&store)?;
-            st.record(&board, &done);
+            moirai_agent::profile::store::record(&mut st, &board, &done);
             st.save()?;
             println!(
                 "profile store {} updated (board {board:?})",
@@ -358,9 +360,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 runs,
                 tract_threads,
                 only.as_deref(),
+                &mut |line| println!("{line}"),
             )?;
             match (&ctx, probe) {
-                (Some(c), true) => moirai_agent::profile::probe::report(c, n, runs)?,
+                (Some(c), true) => {
+                    moirai_agent::profile::probe::report(c, n, runs, &mut |l| println!("{l}"))?
+                }
                 (None, true) => println!("--probe: no adapter to probe"),
                 _ => {}
             }
@@ -378,8 +383,8 @@ fn bench_share(
     opts: moirai_agent::exec::compare::BenchOptions,
 ) -> anyhow::Result<()> {
     use moirai_agent::exec::compare::{self, Feed};
-    use moirai_orchestrator::infer::{model::InferModel, tensor};
-    let model = InferModel::load(path).with_context(|| format!("loading {}", path.display()))?;
+    use moirai_model::{loaded::LoadedModel, tensor_proto as tensor};
+    let model = LoadedModel::load(path).with_context(|| format!("loading {}", path.display()))?;
     let shares = compare::stage_shares(&model, stages)?;
     if stage == 0 || stage > shares.len() {
         bail!("--stage must be in 1..={}", shares.len());
@@ -474,7 +479,7 @@ fn short(s: &str, n: usize) -> String {
 fn load_signatures(
     model: Option<&std::path::Path>,
     signatures: Option<&std::path::Path>,
-    rules: moirai_shared::device::Backend,
+    rules: moirai_core::device::Backend,
 ) -> anyhow::Result<Vec<KernelSignature>> {
     match (model, signatures) {
         (_, Some(p)) => {
@@ -491,10 +496,10 @@ fn load_signatures(
 /// with `rules`' fusion rules.
 fn model_signatures(
     model: &std::path::Path,
-    rules: moirai_shared::device::Backend,
+    rules: moirai_core::device::Backend,
 ) -> anyhow::Result<Vec<KernelSignature>> {
-    use moirai_orchestrator::coarsen::coarsen_file;
-    use moirai_orchestrator::import::onnx::ImportOptions;
+    use moirai_model::coarsen::coarsen_file;
+    use moirai_model::import::onnx::ImportOptions;
     let (_, coarse) = coarsen_file(model, rules, &ImportOptions::default())
         .with_context(|| format!("importing {}", model.display()))?;
     let sigs: Vec<KernelSignature> = coarse
@@ -516,10 +521,10 @@ fn model_signatures(
 /// any table), booleans true.
 fn random_value(
     rng: &mut fastrand::Rng,
-    spec: &moirai_shared::wire::data::TensorSpec,
-) -> moirai_shared::tensor::TensorValue {
-    use moirai_shared::kernel::DType;
-    use moirai_shared::tensor::{Number, TensorValue};
+    spec: &moirai_core::wire::data::TensorSpec,
+) -> moirai_core::tensor::TensorValue {
+    use moirai_core::kernel::DType;
+    use moirai_core::tensor::{Number, TensorValue};
     let n = spec.elements() as usize;
     let numbers: Vec<Number> = (0..n)
         .map(|_| match spec.dtype {

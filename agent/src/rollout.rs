@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use moirai_shared::wire::rollout::{UpgradeChunk, UpgradeOffer, CHUNK_BYTES};
+use moirai_core::wire::rollout::{UpgradeChunk, UpgradeOffer, CHUNK_BYTES};
 use thiserror::Error;
 
 /// Exit status of the old process after a successful switch: the new release runs on (in
@@ -68,18 +68,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RolloutError + '_ {
     }
 }
 
-/// Hex of a digest, for messages.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
+pub use moirai_core::digest::{hex, sha256};
 
 /// Where releases live.
 #[derive(Clone, Debug)]
@@ -153,7 +142,7 @@ pub struct Receiving {
     file: File,
     next: u32,
     written: u64,
-    hash: ring::digest::Context,
+    hash: moirai_core::digest::Sha256,
 }
 
 /// A binary that arrived whole and matches its offer.
@@ -171,7 +160,7 @@ impl Receiving {
         offer: UpgradeOffer,
         exe_name: &str,
     ) -> Result<Self, RolloutError> {
-        if offer.chunks != moirai_shared::wire::rollout::chunk_count(offer.size) {
+        if offer.chunks != moirai_core::wire::rollout::chunk_count(offer.size) {
             return Err(RolloutError::BadOffer {
                 size: offer.size,
                 chunks: offer.chunks,
@@ -194,7 +183,7 @@ impl Receiving {
             file,
             next: 0,
             written: 0,
-            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            hash: moirai_core::digest::Sha256::new(),
         })
     }
 
@@ -333,7 +322,7 @@ pub struct RolloutSetup {
     /// Set when this process is on trial: report online once announced.
     pub trial: Option<TrialEnv>,
     /// A status to publish once announced (a rollback that just happened).
-    pub report: Option<moirai_shared::wire::rollout::UpgradeStatus>,
+    pub report: Option<moirai_core::wire::rollout::UpgradeStatus>,
 }
 
 /// What a process on trial was told by its predecessor.
@@ -363,8 +352,8 @@ impl TrialEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moirai_shared::wire::rollout::chunk_count;
-    use moirai_shared::wire::truncated;
+    use moirai_core::wire::rollout::chunk_count;
+    use moirai_core::wire::truncated;
 
     fn layout(tag: &str) -> (PathBuf, Install) {
         let root =

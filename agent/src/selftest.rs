@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use moirai_shared::kernel::{DType, FusedNode, KernelClass, KernelSignature, TensorShape};
-use moirai_shared::wire::life::Birth;
-use moirai_shared::wire::topic::{agent_name, Topics};
-use moirai_shared::wire::{self, Topic, TopicKind, WireError, PROTOCOL_VERSION};
+use moirai_core::kernel::{DType, FusedNode, KernelClass, KernelSignature, TensorShape};
+use moirai_core::wire::life::Birth;
+use moirai_core::wire::topic::{agent_name, Topics};
+use moirai_core::wire::{self, Topic, TopicKind, WireError, PROTOCOL_VERSION};
 
 use crate::exec::cpu::{CpuError, CpuKernel};
 use crate::exec::host::{sample_inputs, HostData, HostTensor};

@@ -1,6 +1,6 @@
 //! Lower bounds on the makespan.
 //!
-//! Beyond the solver-free bounds of [`moirai_shared::plan::bound`] (critical path at the
+//! Beyond the solver-free bounds of [`moirai_core::plan::bound`] (critical path at the
 //! fastest devices, total work), an LP relaxation couples both: each op is split fractionally
 //! over devices (`x_ik`), its completion `C_j >= C_i + sum_k p_jk x_jk` along every edge, and
 //! every device's load `sum_i p_ik x_ik` as well as every completion stays below `T`; the
@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use moirai_shared::plan::bound::basic;
-pub use moirai_shared::plan::bound::LowerBound;
-use moirai_shared::{DeviceId, Graph};
+use moirai_core::plan::bound::basic;
+pub use moirai_core::plan::bound::LowerBound;
+use moirai_core::{DeviceId, Graph};
 
-use crate::place::lp::AssignmentLp;
+use crate::lp::AssignmentLp;
 
 /// The LP relaxation bound, or `None` when the LP did not solve within `limit`.
 pub fn lp_relaxation(g: &Graph, limit: Duration) -> Option<LowerBound> {

@@ -27,7 +27,7 @@ pub enum BrokerError {
 }
 
 /// Largest MQTT payload the broker accepts (profile requests are the largest messages).
-pub const MAX_PAYLOAD: usize = 8 << 20;
+pub use moirai_link::mqtt::MAX_PAYLOAD;
 
 /// A running embedded broker. It lives as long as the process.
 #[derive(Clone, Debug)]

@@ -4,22 +4,18 @@
 
 use std::time::Duration;
 
-use moirai_shared::wire::data::ServingStats;
-use moirai_shared::wire::life::{Birth, Death, FleetSnapshot, Heartbeat, OrchState};
-use moirai_shared::wire::profile::ProfileReport;
-use moirai_shared::wire::topic::Topics;
-use moirai_shared::wire::{decode, encode, BrokerAddr, Topic, TopicKind, WireError};
+use moirai_core::wire::data::ServingStats;
+use moirai_core::wire::life::{Birth, Death, FleetSnapshot, Heartbeat, OrchState};
+use moirai_core::wire::profile::ProfileReport;
+use moirai_core::wire::topic::Topics;
+use moirai_core::wire::{decode, encode, BrokerAddr, Topic, TopicKind, WireError};
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
-use crate::broker::MAX_PAYLOAD;
 use crate::fleet::Inbound;
 
 /// Options for the orchestrator's client. `session` identifies this orchestrator run.
 pub fn options(addr: &BrokerAddr, client_id: &str, topics: &Topics, session: u64) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
-    o.set_keep_alive(Duration::from_secs(5));
-    o.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
-    o.set_clean_session(true);
+    let mut o = moirai_link::mqtt::options(client_id, addr);
     let offline = encode(&OrchState {
         online: false,
         session,
@@ -69,7 +65,7 @@ pub fn refusal_for(topics: &Topics, topic: &str, error: &WireError) -> Option<(S
             kind: TopicKind::Birth,
         } => Some((
             name.to_string(),
-            moirai_shared::wire::refusal::protocol_mismatch(name.as_str(), *found, *expected),
+            moirai_core::wire::refusal::protocol_mismatch(name.as_str(), *found, *expected),
         )),
         _ => None,
     }
@@ -123,19 +119,6 @@ pub async fn fetch_snapshot(
     Ok(fetch_view(addr, topics, wait, false).await?.snapshot)
 }
 
-/// Publishes `msg` with QoS 1, not retained, without waiting; an encoding failure or a full
-/// client queue is logged, not returned (the loops that call this keep running).
-pub fn publish<M: moirai_shared::wire::WireMessage>(client: &AsyncClient, topic: String, msg: &M) {
-    match encode(msg) {
-        Ok(bytes) => {
-            if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, bytes) {
-                tracing::warn!(%topic, error = %e, "publish dropped");
-            }
-        }
-        Err(e) => tracing::warn!(%topic, error = %e, "cannot encode"),
-    }
-}
-
 /// What `moirai fleet` shows: the registry and, where an inference session runs, its
 /// serving figures. Either may be missing.
 #[derive(Clone, Debug, Default)]
@@ -157,9 +140,7 @@ pub async fn fetch_view(
     serving: bool,
 ) -> Result<FleetView, FetchError> {
     let id = format!("moirai-fleet-{}", std::process::id());
-    let mut o = MqttOptions::new(id, addr.host.clone(), addr.port);
-    o.set_keep_alive(Duration::from_secs(5));
-    o.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
+    let o = moirai_link::mqtt::options(id, addr);
     let (client, mut el) = AsyncClient::new(o, 16);
     let (fleet_topic, serving_topic) = (topics.orch_fleet(), topics.orch_serving());
     let mut view = FleetView::default();

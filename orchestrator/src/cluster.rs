@@ -26,9 +26,9 @@
 
 use std::path::{Path, PathBuf};
 
-use moirai_shared::cost::link::LinkSpec;
-use moirai_shared::device::{BoardSpec, Cluster, ClusterDevice, DeviceError};
-use moirai_shared::DeviceId;
+use moirai_core::device::{BoardSpec, Cluster, ClusterDevice, DeviceError};
+use moirai_core::link::LinkSpec;
+use moirai_core::DeviceId;
 use serde::Deserialize;
 use thiserror::Error;
 

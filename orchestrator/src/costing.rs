@@ -1,22 +1,19 @@
-//! A coarsened model on a cluster: the costed [`Graph`] the placer takes.
-//!
-//! Each fused group becomes an op whose run time on every device comes from the cost model
-//! (a measured profile for that board and kernel signature, else the roofline), whose
-//! resident memory is its parameters plus the outputs it keeps, and whose `kernel` is the
-//! signature key. Each tensor between groups becomes an edge carrying the tensor's name, so
-//! one output read by several ops on the same device travels once.
+//! A coarsened model on a cluster file: the costed [`Graph`] `moirai plan` and `moirai
+//! coarsen --cluster` take. The cluster's boards and links go through the one costed-graph
+//! builder every caller uses ([`moirai_core::cost::plan::costed_graph`]), so a plan made from
+//! a file costs a kernel and a transfer exactly as the fleet's online planning does.
 
 use std::path::Path;
 
-use moirai_shared::cost::{resident_bytes, CostModel, ProfileTable, TimeSource};
-use moirai_shared::device::{Backend, Cluster};
-use moirai_shared::graph::{Device, Edge, GraphError, Op};
-use moirai_shared::{DeviceId, Graph, OpId};
+use moirai_core::cost::plan::{self, CostSources, PlanDevice, PlanError};
+use moirai_core::cost::ProfileTable;
+use moirai_core::device::{Backend, Cluster};
+use moirai_core::Graph;
+use moirai_model::coarsen::{self, CoarseGraph};
+use moirai_model::import::onnx::{ImportError, ImportOptions, OnnxModel};
 use thiserror::Error;
 
 use crate::cluster::{self, ClusterError};
-use crate::coarsen::{self, CoarseGraph};
-use crate::import::onnx::{ImportError, ImportOptions, OnnxModel};
 
 /// Why a model could not be turned into a costed graph.
 #[derive(Debug, Error)]
@@ -28,14 +25,7 @@ pub enum CostingError {
     #[error("profile table {path}: {message}")]
     Profiles { path: String, message: String },
     #[error("model `{model}`: the costed graph is invalid: {error}")]
-    Graph { model: String, error: GraphError },
-}
-
-/// How many op times came from profiles and how many from the roofline.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CostSources {
-    pub profiled: usize,
-    pub roofline: usize,
+    Graph { model: String, error: PlanError },
 }
 
 /// The costed graph of a coarsened model on a cluster.
@@ -44,57 +34,16 @@ pub fn costed_graph(
     cluster: &Cluster,
     profiles: Option<&ProfileTable>,
 ) -> Result<(Graph, CostSources), CostingError> {
-    let model = match profiles {
-        Some(p) => CostModel::with_profiles(p),
-        None => CostModel::roofline(),
-    };
-    let mut sources = CostSources::default();
-    let ops = coarse
-        .groups
-        .iter()
-        .map(|g| {
-            let time_ms = cluster
-                .devices()
-                .iter()
-                .map(|d| {
-                    let (t, src) = model.op_time_ms(&d.board, &g.signature);
-                    match src {
-                        TimeSource::Profiled => sources.profiled += 1,
-                        TimeSource::Roofline => sources.roofline += 1,
-                    }
-                    t
-                })
-                .collect();
-            Op {
-                name: g.name.clone(),
-                time_ms,
-                memory_bytes: resident_bytes(g.param_bytes, g.output_bytes),
-                kernel: Some(g.signature.key()),
-            }
-        })
-        .collect();
-    let k = cluster.len();
-    let edges = coarse
-        .edges
-        .iter()
-        .map(|e| Edge {
-            src: OpId::from(e.src),
-            dst: OpId::from(e.dst),
-            transfer_ms: (0..k)
-                .flat_map(|a| (0..k).map(move |b| (a, b)))
-                .map(|(a, b)| cluster.transfer_ms(DeviceId::from(a), DeviceId::from(b), e.bytes))
-                .collect(),
-            tensor: Some(e.tensor.clone()),
-        })
-        .collect();
-    let devices: Vec<Device> = cluster.graph_devices();
-    let graph = Graph::new(coarse.model.clone(), devices, ops, edges).map_err(|error| {
-        CostingError::Graph {
-            model: coarse.model.clone(),
-            error,
-        }
-    })?;
-    Ok((graph, sources))
+    plan::costed_graph(
+        &coarse.plan_model(),
+        &PlanDevice::of_cluster(cluster),
+        &cluster.links(),
+        profiles,
+    )
+    .map_err(|error| CostingError::Graph {
+        model: coarse.model.clone(),
+        error,
+    })
 }
 
 /// Everything from files: import, coarsen, cost.
@@ -117,13 +66,17 @@ pub fn from_files(
 ) -> Result<Pipeline, CostingError> {
     let cluster = cluster::load_cluster(cluster_path, boards_dir)?;
     let profiles = match profiles_path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| CostingError::Profiles {
+        // A table asked for by name must be there (the store's "missing is empty" is for
+        // files a process keeps for itself).
+        Some(p) if !p.is_file() => {
+            return Err(CostingError::Profiles {
                 path: p.display().to_string(),
-                message: e.to_string(),
-            })?;
+                message: "no such file".into(),
+            })
+        }
+        Some(p) => {
             Some(
-                ProfileTable::from_json(&text).map_err(|e| CostingError::Profiles {
+                moirai_model::profiles::read_table(p).map_err(|e| CostingError::Profiles {
                     path: p.display().to_string(),
                     message: e.to_string(),
                 })?,

@@ -1,9 +1,8 @@
 //! `moirai-orchestrator`: turns a model and a fleet into a plan and keeps it running.
 //!
 //! Pipeline stages, one module each:
-//! - [`import`]: profiled-graph JSON (and ONNX) into a [`moirai_shared::Graph`].
-//! - [`import::onnx`], [`coarsen`], [`cluster`], [`costing`]: an ONNX file and a cluster file
-//!   into the costed graph (fusion-aware coarsening, board figures, roofline or profiles).
+//! - [`cluster`], [`costing`]: a model (imported and coarsened by `moirai-model`) and a cluster
+//!   file into the costed graph (board figures, roofline or profiles).
 //! - [`simulate`]: the list-scheduling simulator every placer goes through.
 //! - [`place`]: baselines (single device, HEFT, m-TOPO, m-ETF, m-SCT, GETF) and the Moirai placer.
 //! - [`bound`]: lower bounds on the makespan.
@@ -15,14 +14,11 @@ pub mod bound;
 pub mod broker;
 pub mod bus;
 pub mod cluster;
-pub mod coarsen;
 pub mod costing;
-pub mod demo;
 pub mod fleet;
-pub mod fleet_bench;
-pub mod import;
 pub mod infer;
 pub mod local_agent;
+pub mod lp;
 pub mod place;
 pub mod replan;
 pub mod report;

@@ -29,16 +29,12 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchScale(args) => commands::bench::run_scale(args),
         Command::Coarsen(args) => commands::coarsen::run(args),
-        Command::Serve(args) => moirai_orchestrator::serve::run_blocking(args).map_err(Into::into),
-        Command::Run(args) => moirai_orchestrator::infer::run::run(args).map_err(Into::into),
-        Command::Infer(args) => moirai_orchestrator::infer::client::run(args).map_err(Into::into),
-        Command::Demo { demo, fleet } => {
-            moirai_orchestrator::demo::run(demo, fleet).map_err(Into::into)
-        }
-        Command::Fleet(args) => moirai_orchestrator::serve::show_fleet(args)
-            .map(|_| ())
-            .map_err(Into::into),
-        Command::Rollout(args) => match moirai_orchestrator::rollout::run(args) {
+        Command::Serve(args) => commands::serve::serve(args).map_err(Into::into),
+        Command::Run(args) => commands::run::run(args).map_err(Into::into),
+        Command::Infer(args) => commands::infer::run(args).map_err(Into::into),
+        Command::Demo { demo, fleet } => commands::demo::run(demo, fleet).map_err(Into::into),
+        Command::Fleet(args) => commands::serve::fleet(args).map(|_| ()).map_err(Into::into),
+        Command::Rollout(args) => match commands::rollout::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => Err(anyhow::anyhow!(
                 "the stage did not switch completely (see above)"
@@ -46,7 +42,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e.into()),
         },
         Command::BenchFleet { bench, fleet } => {
-            moirai_orchestrator::fleet_bench::run(bench, fleet).map_err(Into::into)
+            commands::bench_fleet::run(bench, fleet).map_err(Into::into)
         }
     };
     match result {

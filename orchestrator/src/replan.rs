@@ -1,82 +1,52 @@
-//! Replanning: a [`Debouncer`] that turns a burst of membership changes into one replan, and
-//! the [`Replanner`] that builds the costed graph for the online agents (measured times where
+//! Replanning: the [`Replanner`] that builds the costed graph for the online agents (measured times where
 //! the profile store has them, the roofline elsewhere), places it warm-started from the
 //! current plan, and cuts the schedule into one [`Assignment`] per agent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use moirai_shared::plan::Placement;
-use moirai_shared::wire::assign::{AssignedOp, Assignment, TensorRoute};
-use moirai_shared::wire::truncated;
-use moirai_shared::{DeviceId, Graph, Schedule};
+use moirai_core::plan::Placement;
+use moirai_core::wire::assign::{AssignedOp, Assignment, TensorRoute};
+use moirai_core::wire::truncated;
+use moirai_core::{DeviceId, Graph, Schedule};
 use thiserror::Error;
 use tracing::info;
 
-use crate::fleet::model::{Coverage, FleetModel, PlanDevice};
-use crate::fleet::store::ProfileStore;
+use moirai_core::cost::plan::{CostSources, PlanError, PlanModel};
+use moirai_core::cost::ProfileTable;
+
+use crate::fleet::model::{graph_for, OnlineAgent};
+use crate::place::PlaceError;
 
 #[derive(Debug, Error)]
 pub enum ReplanError {
     #[error("no agent is online")]
     NoDevices,
     #[error("the costed graph for {devices} devices is not valid: {source}")]
-    Graph {
-        devices: usize,
-        source: moirai_shared::graph::GraphError,
-    },
-    #[error("the placer failed on {devices} devices: {reason}")]
-    Placer { devices: usize, reason: String },
-}
-
-/// Collects membership changes; due once they have been quiet for `quiet`, or `max` after
-/// the first one, whichever comes first.
-#[derive(Clone, Debug)]
-pub struct Debouncer {
-    quiet: Duration,
-    max: Duration,
-    first: Option<Duration>,
-    last: Duration,
-    reasons: Vec<String>,
-}
-
-impl Debouncer {
-    pub fn new(quiet: Duration, max: Duration) -> Self {
-        Self {
-            quiet,
-            max,
-            first: None,
-            last: Duration::ZERO,
-            reasons: Vec::new(),
-        }
-    }
-
-    pub fn note(&mut self, reason: String, now: Duration) {
-        self.first.get_or_insert(now);
-        self.last = now;
-        self.reasons.push(reason);
-    }
-
-    pub fn is_armed(&self) -> bool {
-        self.first.is_some()
-    }
-
-    /// The collected reasons, when due; disarms.
-    pub fn take_if_due(&mut self, now: Duration) -> Option<Vec<String>> {
-        let first = self.first?;
-        let due =
-            now.saturating_sub(self.last) >= self.quiet || now.saturating_sub(first) >= self.max;
-        if !due {
-            return None;
-        }
-        self.first = None;
-        Some(std::mem::take(&mut self.reasons))
-    }
+    Graph { devices: usize, source: PlanError },
+    #[error("the placer failed on {devices} devices: {source}")]
+    Placer { devices: usize, source: PlaceError },
 }
 
 /// A placer: graph, optional warm start, time limit -> schedule.
 pub type PlaceFn =
-    Box<dyn Fn(&Graph, Option<&Placement>, Duration) -> Result<Schedule, String> + Send>;
+    Box<dyn Fn(&Graph, Option<&Placement>, Duration) -> Result<Schedule, PlaceError> + Send>;
+
+/// The placer replans use: the Moirai placer, warm-started from the plan in force, through
+/// the validating `place` entry point.
+pub fn moirai_placer() -> PlaceFn {
+    Box::new(|g, warm, limit| {
+        // The bound is part of the replan's budget: a quarter of it at most.
+        let t0 = Instant::now();
+        let bound = crate::place::lower_bound_within(g, limit / 4);
+        let opts = crate::place::PlaceOptions {
+            time_limit: limit.saturating_sub(t0.elapsed()).max(limit / 2),
+            warm_start: warm.cloned(),
+            ..Default::default()
+        };
+        crate::place::place(g, crate::place::Method::Moirai, &opts, &bound).map(|p| p.schedule)
+    })
+}
 
 /// The plan in force.
 #[derive(Clone, Debug)]
@@ -88,7 +58,7 @@ pub struct CurrentPlan {
     pub schedule: Schedule,
     pub assignments: BTreeMap<String, Assignment>,
     pub reasons: Vec<String>,
-    pub coverage: Coverage,
+    pub coverage: CostSources,
     pub solve: Duration,
 }
 
@@ -110,7 +80,7 @@ impl CurrentPlan {
 
 /// Plans and re-plans the model on the online agents.
 pub struct Replanner {
-    model: FleetModel,
+    model: PlanModel,
     place: PlaceFn,
     time_limit: Duration,
     current: Option<CurrentPlan>,
@@ -118,7 +88,7 @@ pub struct Replanner {
 }
 
 impl Replanner {
-    pub fn new(model: FleetModel, place: PlaceFn, time_limit: Duration) -> Self {
+    pub fn new(model: PlanModel, place: PlaceFn, time_limit: Duration) -> Self {
         Self {
             model,
             place,
@@ -128,7 +98,7 @@ impl Replanner {
         }
     }
 
-    pub fn model(&self) -> &FleetModel {
+    pub fn model(&self) -> &PlanModel {
         &self.model
     }
 
@@ -140,24 +110,28 @@ impl Replanner {
     /// plan it replaces and why; returns the new one.
     pub fn replan(
         &mut self,
-        mut devices: Vec<PlanDevice>,
-        store: &ProfileStore,
+        mut devices: Vec<OnlineAgent>,
+        store: &ProfileTable,
         reasons: Vec<String>,
     ) -> Result<&CurrentPlan, ReplanError> {
         if devices.is_empty() {
             return Err(ReplanError::NoDevices);
         }
         devices.sort_by(|a, b| a.name.cmp(&b.name));
-        let (graph, coverage) = self.model.graph_for(&devices, store)?;
+        let (graph, coverage) =
+            graph_for(&self.model, &devices, store).map_err(|source| ReplanError::Graph {
+                devices: devices.len(),
+                source,
+            })?;
         let warm = self
             .current
             .as_ref()
             .map(|cur| warm_start(cur, &graph, &devices));
         let t0 = Instant::now();
-        let schedule = (self.place)(&graph, warm.as_ref(), self.time_limit).map_err(|reason| {
+        let schedule = (self.place)(&graph, warm.as_ref(), self.time_limit).map_err(|source| {
             ReplanError::Placer {
                 devices: devices.len(),
-                reason,
+                source,
             }
         })?;
         let solve = t0.elapsed();
@@ -209,7 +183,7 @@ impl Replanner {
 
 /// The previous placement mapped onto the new device list; ops whose agent left go to the
 /// device that runs them fastest.
-fn warm_start(cur: &CurrentPlan, g: &Graph, devices: &[PlanDevice]) -> Placement {
+fn warm_start(cur: &CurrentPlan, g: &Graph, devices: &[OnlineAgent]) -> Placement {
     let index: BTreeMap<&str, DeviceId> = devices
         .iter()
         .enumerate()
@@ -331,35 +305,4 @@ pub fn greedy_place(
         engine.commit(op, d);
     }
     Ok(engine.to_schedule("greedy-eft", 0.0, t0.elapsed().as_secs_f64()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn the_debouncer_waits_for_quiet_and_caps_the_wait() {
-        let mut d = Debouncer::new(10 * MS, 25 * MS);
-        assert_eq!(d.take_if_due(100 * MS), None);
-        d.note("a".into(), Duration::ZERO);
-        d.note("b".into(), 8 * MS);
-        assert_eq!(d.take_if_due(12 * MS), None);
-        assert_eq!(
-            d.take_if_due(18 * MS),
-            Some(vec!["a".to_string(), "b".to_string()])
-        );
-        assert!(!d.is_armed());
-        // Changes every 5 ms never go quiet; the cap fires.
-        for t in (30..60).step_by(5) {
-            d.note(format!("{t}"), t * MS);
-            if let Some(r) = d.take_if_due(t * MS) {
-                assert_eq!(t, 55);
-                assert_eq!(r.len(), 6);
-                return;
-            }
-        }
-        panic!("the cap never fired");
-    }
 }

@@ -12,46 +12,37 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use moirai_shared::wire::rollout::{
+use moirai_core::wire::rollout::{
     chunk_count, UpgradeChunk, UpgradeOffer, UpgradeState, UpgradeStatus, CHUNK_BYTES,
 };
-use moirai_shared::wire::topic::Topics;
-use moirai_shared::wire::{decode, encode, truncated, BrokerAddr, Topic, TopicKind, WireError};
+use moirai_core::wire::topic::Topics;
+use moirai_core::wire::{decode, encode, truncated, BrokerAddr, Topic, TopicKind, WireError};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use thiserror::Error;
 use tracing::debug;
 
-use crate::broker::MAX_PAYLOAD;
-use crate::security::{ClientSecurityArgs, SecurityError};
+use crate::security::{ClientLogin, SecurityError};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct RolloutArgs {
-    /// The orchestrator's broker.
-    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+/// What to roll out where (`moirai rollout`).
+#[derive(Debug, Clone)]
+pub struct RolloutOptions {
+    /// The orchestrator's broker (`mqtt://host:port`).
     pub broker: String,
-    #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Release name the agents install the binary under (`releases/<VERSION>/`).
-    #[arg(long)]
     pub to: String,
     /// The agent binary for the boards of this stage (e.g. from `cross/build.sh aarch64`).
-    #[arg(long)]
     pub binary: PathBuf,
     /// Share of the online agents to switch, e.g. `10%` (at least one agent).
-    #[arg(long, default_value = "100%")]
     pub stage: String,
-    /// Exactly these agents (comma-separated) instead of a share of the registry.
-    #[arg(long, value_delimiter = ',')]
+    /// Exactly these agents instead of a share of the registry.
     pub agents: Vec<String>,
     /// Seconds the new binary has to come online before its agent rolls it back.
-    #[arg(long, default_value_t = 60)]
     pub online_within_s: u32,
-    /// How long to wait for the registry (ms).
-    #[arg(long, default_value_t = 5000)]
+    /// How long to wait for the registry.
     pub wait_ms: u64,
     /// TLS and login (the orchestrator's credentials: agents accept offers from it only).
-    #[command(flatten)]
-    pub security: ClientSecurityArgs,
+    pub security: ClientLogin,
 }
 
 #[derive(Debug, Error)]
@@ -110,8 +101,12 @@ pub enum Verdict {
     NoAnswer,
 }
 
-/// Runs a rollout; prints one line per agent; `Ok(true)` when every agent switched.
-pub fn run(args: RolloutArgs) -> Result<bool, RolloutError> {
+/// Runs a rollout, telling `progress` one line per step of each agent; `Ok(true)` when every
+/// agent switched.
+pub fn run(
+    args: RolloutOptions,
+    progress: &mut (dyn FnMut(String) + Send),
+) -> Result<bool, RolloutError> {
     let fraction = parse_stage(&args.stage)?;
     let binary = std::fs::read(&args.binary).map_err(|source| RolloutError::Binary {
         path: args.binary.clone(),
@@ -153,41 +148,35 @@ pub fn run(args: RolloutArgs) -> Result<bool, RolloutError> {
         };
         let total = online.len();
         let stage = pick_stage(online, fraction);
-        println!(
+        progress(format!(
             "rollout of {} to {} of {total} online agents ({}): {}",
             args.to,
             stage.len(),
             args.stage,
             stage.join(", ")
-        );
+        ));
         stage
     } else {
         args.agents.clone()
     };
-    let rollout = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1);
+    let rollout = moirai_link::clock::now_ms().max(1);
     let offer = UpgradeOffer {
         rollout,
         version: truncated(&args.to),
         size: binary.len() as u64,
-        sha256: sha256(&binary),
+        sha256: moirai_core::digest::sha256(&binary),
         chunks: chunk_count(binary.len() as u64),
         online_within_s: args.online_within_s,
     };
-    let mut opts = MqttOptions::new(
-        format!("moirai-rollout-{}", std::process::id()),
-        addr.host.clone(),
-        addr.port,
-    );
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
+    let mut opts =
+        moirai_link::mqtt::options(format!("moirai-rollout-{}", std::process::id()), &addr);
     security.apply(&mut opts);
     // Transfer at a few MB/s over a slow link, plus the trial.
     let wait =
         Duration::from_secs(u64::from(args.online_within_s) + 30 + binary.len() as u64 / (1 << 20));
-    let verdicts = rt.block_on(send_and_wait(opts, &topics, &agents, &offer, &binary, wait))?;
+    let verdicts = rt.block_on(send_and_wait(
+        opts, &topics, &agents, &offer, &binary, wait, progress,
+    ))?;
     let mut all = true;
     for (agent, v) in &verdicts {
         let line = match v {
@@ -197,16 +186,9 @@ pub fn run(args: RolloutArgs) -> Result<bool, RolloutError> {
             Verdict::NoAnswer => format!("{agent}: no answer within {} s", wait.as_secs()),
         };
         all &= *v == Verdict::Online;
-        println!("{line}");
+        progress(line);
     }
     Ok(all)
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 async fn send_and_wait(
@@ -216,6 +198,7 @@ async fn send_and_wait(
     offer: &UpgradeOffer,
     binary: &[u8],
     wait: Duration,
+    progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<BTreeMap<String, Verdict>, RolloutError> {
     let (client, mut el) = AsyncClient::new(opts, 64);
     let mut verdicts: BTreeMap<String, Verdict> = agents
@@ -281,7 +264,7 @@ async fn send_and_wait(
                     };
                     match decode::<UpgradeStatus>(&p.payload) {
                         Ok(s) if s.rollout == offer.rollout => {
-                            println!("{name}: {}", describe(&s.state));
+                            progress(format!("{name}: {}", describe(&s.state)));
                             match s.state {
                                 UpgradeState::Staged => {}
                                 UpgradeState::Online { .. } => *v = Verdict::Online,

@@ -1,39 +1,32 @@
-//! TLS and per-device credentials for MQTT.
+//! The embedded broker's side of TLS and logins.
 //!
-//! - [`ClientSecurity`] (from [`ClientSecurityArgs`]): what an MQTT client (the
-//!   orchestrator's, the agents', the tests') adds to its [`MqttOptions`]: TLS (rustls with
-//!   ring, trusting the CA certificates in one PEM file) and a username/password.
 //! - [`DeviceTable`]: the embedded broker's credentials, one `name:password` line per
 //!   device; the broker accepts a client only when its password matches and its client id is
 //!   its username, so a device can only take the name its credentials give it.
 //! - [`ServerTls`]: the embedded broker's certificate and key files.
+//! - [`ServeSecurity`]: how `moirai serve` sets both up, and its own client's login.
 //!
-//! What this protects and what it does not is written in the README's security section.
+//! A client's TLS trust and login ([`ClientSecurity`]) are `moirai-link`'s, shared with the
+//! agents. What this protects and what it does not is written in the README's security
+//! section.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use moirai_link::tls::{ClientSecurity, Credentials, TlsError};
 use thiserror::Error;
 
 /// Why security settings could not be loaded.
 #[derive(Debug, Error)]
 pub enum SecurityError {
+    #[error(transparent)]
+    Client(#[from] TlsError),
     #[error("cannot read {what} {path}: {source}")]
     Read {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("CA file {path}: {reason}")]
-    Ca { path: PathBuf, reason: String },
-    #[error("TLS client configuration: {0}")]
-    Rustls(String),
-    #[error("password file {path} is empty")]
-    EmptyPassword { path: PathBuf },
     #[error("credentials file {path}, line {line}: {reason}")]
     Table {
         path: PathBuf,
@@ -44,157 +37,30 @@ pub enum SecurityError {
     EmbeddedOnly,
     #[error("--ca-file, --username and --password-file are the orchestrator's login to an external broker (--broker); the embedded broker takes --tls-cert, --tls-key and --credentials")]
     ExternalOnly,
-    #[error("a password file needs a username (--username)")]
-    NoUsername,
     #[error("{path} does not exist ({what})")]
     Missing { what: &'static str, path: PathBuf },
 }
 
-/// A username and its password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<hidden>")
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// `username` with the password on the first line of `path` (trailing newline ignored),
-    /// so the password stays out of the command line and the process list.
-    pub fn from_password_file(username: &str, path: &Path) -> Result<Self, SecurityError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SecurityError::Read {
-            what: "password file",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
-        if password.is_empty() {
-            return Err(SecurityError::EmptyPassword {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(Self {
-            username: username.to_string(),
-            password: password.to_string(),
-        })
-    }
-}
-
-/// TLS and credentials of one MQTT client, loaded and ready. The default is plain TCP
-/// without login.
+/// An MQTT client's TLS trust and login, as files (`moirai serve --broker`, `moirai rollout`).
 #[derive(Clone, Debug, Default)]
-pub struct ClientSecurity {
-    /// `Some` turns TLS on, trusting the CA the configuration was loaded from.
-    pub tls: Option<TlsConfiguration>,
-    pub credentials: Option<Credentials>,
-}
-
-impl ClientSecurity {
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
-    /// Adds TLS and the login to `opts`.
-    pub fn apply(&self, opts: &mut MqttOptions) {
-        if let Some(tls) = &self.tls {
-            opts.set_transport(Transport::Tls(tls.clone()));
-        }
-        if let Some(c) = &self.credentials {
-            opts.set_credentials(c.username.clone(), c.password.clone());
-        }
-    }
-}
-
-/// Command-line options of an MQTT client's security (agents, `moirai serve`, `moirai fleet`).
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct ClientSecurityArgs {
+pub struct ClientLogin {
     /// Connect over TLS, trusting the CA certificate(s) in this PEM file.
-    #[arg(long)]
     pub ca_file: Option<PathBuf>,
-    /// MQTT username (an agent's default: its name).
-    #[arg(long)]
     pub username: Option<String>,
     /// File whose first line is the MQTT password.
-    #[arg(long)]
     pub password_file: Option<PathBuf>,
 }
 
-impl ClientSecurityArgs {
+impl ClientLogin {
     /// Loads the CA and the password; `default_username` is used when a password file is
     /// given without `--username`.
     pub fn load(&self, default_username: Option<&str>) -> Result<ClientSecurity, SecurityError> {
-        let tls = self.ca_file.as_deref().map(client_tls).transpose()?;
-        let credentials = match (
-            &self.password_file,
-            self.username.as_deref().or(default_username),
-        ) {
-            (Some(file), Some(user)) => Some(Credentials::from_password_file(user, file)?),
-            (Some(_), None) => return Err(SecurityError::NoUsername),
-            (None, _) => None,
-        };
-        Ok(ClientSecurity { tls, credentials })
-    }
-}
-
-/// A rustls client configuration (ring provider) trusting the certificates in `ca_file`.
-pub fn client_tls(ca_file: &Path) -> Result<TlsConfiguration, SecurityError> {
-    let ca_err = |reason: String| SecurityError::Ca {
-        path: ca_file.to_path_buf(),
-        reason,
-    };
-    let bytes = std::fs::read(ca_file).map_err(|source| SecurityError::Read {
-        what: "CA file",
-        path: ca_file.to_path_buf(),
-        source,
-    })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&bytes) {
-        let cert = cert.map_err(|e| ca_err(format!("not PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| ca_err(format!("not a usable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(ca_err("no certificate in the file".into()));
-    }
-    // The provider is named here rather than installed process-wide, so it does not matter
-    // which rustls providers other crates switched on.
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| SecurityError::Rustls(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
-
-/// Splits `mqtts://host[:port]` into (true, `host:port`) with 8883 as the default port;
-/// other URLs come back unchanged with `false`.
-pub fn split_tls_scheme(url: &str) -> (bool, String) {
-    match url
-        .strip_prefix("mqtts://")
-        .or_else(|| url.strip_prefix("ssl://"))
-    {
-        Some(rest) => {
-            let rest = rest.trim_end_matches('/');
-            // A port is a `:` after the host; an IPv6 host is in brackets.
-            let host_end = rest.rfind(']').map_or(0, |i| i + 1);
-            if rest[host_end..].contains(':') {
-                (true, rest.to_string())
-            } else {
-                (true, format!("{rest}:8883"))
-            }
-        }
-        None => (false, url.to_string()),
+        Ok(ClientSecurity::load(
+            self.ca_file.as_deref(),
+            self.username.as_deref(),
+            self.password_file.as_deref(),
+            default_username,
+        )?)
     }
 }
 
@@ -232,30 +98,25 @@ pub struct BrokerSecurity {
     pub devices: Option<DeviceTable>,
 }
 
-/// Command-line options of `moirai serve`: the embedded broker's TLS and credentials, and
-/// the orchestrator's own client (needed for an external broker).
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct ServeSecurityArgs {
-    /// Embedded broker: serve MQTT over TLS with this certificate chain (PEM)...
-    #[arg(long, requires = "tls_key")]
+/// `moirai serve`'s security: the embedded broker's TLS and credentials, and the
+/// orchestrator's own client (needed for an external broker).
+#[derive(Clone, Debug, Default)]
+pub struct ServeSecurity {
+    /// Embedded broker: serve MQTT over TLS with this certificate chain and key (PEM).
     pub tls_cert: Option<PathBuf>,
-    /// ...and this private key (PEM).
-    #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Embedded broker: admit only the devices in this file (`name:password` per line); a
     /// device must use its name as client id and username.
-    #[arg(long)]
     pub credentials: Option<PathBuf>,
-    /// External broker (--broker): the orchestrator's own TLS trust and login.
-    #[command(flatten)]
-    pub client: ClientSecurityArgs,
+    /// External broker: the orchestrator's own TLS trust and login.
+    pub client: ClientLogin,
 }
 
 /// Username of the orchestrator's own clients on its embedded broker when devices must log
 /// in; its password is drawn at each start and never leaves the process.
 pub const ORCHESTRATOR_USER: &str = "moirai-orchestrator";
 
-impl ServeSecurityArgs {
+impl ServeSecurity {
     /// The embedded broker's settings and the orchestrator's client settings for it. With a
     /// device table, the orchestrator logs in as [`ORCHESTRATOR_USER`] with a fresh random
     /// password. Its client stays on plain MQTT over the loopback listener the broker keeps
@@ -466,50 +327,5 @@ mod tests {
                 other => panic!("{text:?}: {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn mqtts_urls_get_the_tls_port_by_default() {
-        assert_eq!(split_tls_scheme("mqtts://h"), (true, "h:8883".into()));
-        assert_eq!(split_tls_scheme("mqtts://h:9000/"), (true, "h:9000".into()));
-        assert_eq!(
-            split_tls_scheme("mqtts://[::1]"),
-            (true, "[::1]:8883".into())
-        );
-        assert_eq!(split_tls_scheme("mqtt://h:1"), (false, "mqtt://h:1".into()));
-    }
-
-    #[test]
-    fn password_files_keep_only_the_first_line_and_refuse_empty_ones() {
-        let dir = std::env::temp_dir().join(format!("moirai-sec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("pw");
-        std::fs::write(&p, "s3cret\r\nignored\n").unwrap();
-        let c = Credentials::from_password_file("pi-1", &p).unwrap();
-        assert_eq!(c.password, "s3cret");
-        assert!(
-            !format!("{c:?}").contains("s3cret"),
-            "Debug leaks the password"
-        );
-        std::fs::write(&p, "\n").unwrap();
-        assert!(matches!(
-            Credentials::from_password_file("pi-1", &p),
-            Err(SecurityError::EmptyPassword { .. })
-        ));
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_ca_file_without_certificates_is_refused() {
-        let dir = std::env::temp_dir().join(format!("moirai-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("ca.pem");
-        std::fs::write(&p, "not a certificate\n").unwrap();
-        assert!(matches!(client_tls(&p), Err(SecurityError::Ca { .. })));
-        assert!(matches!(
-            client_tls(&dir.join("missing.pem")),
-            Err(SecurityError::Read { .. })
-        ));
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use moirai_shared::wire::life::OrchState;
-use moirai_shared::wire::topic::Topics;
-use moirai_shared::wire::{encode, BrokerAddr, TopicKind, WireError, WireMessage};
+use moirai_core::wire::life::OrchState;
+use moirai_core::wire::topic::Topics;
+use moirai_core::wire::{encode, BrokerAddr, TopicKind, WireError, WireMessage};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -27,17 +27,17 @@ use tracing::{debug, info, warn};
 use crate::broker::{self, BrokerError};
 use crate::bus;
 use crate::fleet::life::Liveness;
-use crate::fleet::model::{FleetModel, PlanDevice};
-use crate::fleet::store::ProfileStore;
+use crate::fleet::model::OnlineAgent;
 use crate::fleet::{view, Fleet, FleetConfig, Outbound};
 use crate::replan::{CurrentPlan, PlaceFn, ReplanError, Replanner};
+use moirai_core::cost::plan::PlanModel;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
     #[error("model {path}: {source}")]
     Model {
         path: PathBuf,
-        source: Box<crate::import::onnx::ImportError>,
+        source: Box<moirai_model::import::onnx::ImportError>,
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -48,16 +48,18 @@ pub enum ServeError {
     #[error("bad broker address: {0}")]
     Address(#[from] WireError),
     #[error(transparent)]
-    Store(#[from] crate::fleet::store::StoreError),
+    Store(#[from] moirai_model::profiles::StoreError),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
-    #[error("inference: {0}")]
-    Infer(String),
+    #[error(transparent)]
+    Infer(#[from] crate::infer::InferError),
+    #[error(transparent)]
+    Load(#[from] moirai_model::loaded::LoadError),
 }
 
 /// Everything `serve` needs.
 pub struct ServeOptions {
-    pub model: FleetModel,
+    pub model: PlanModel,
     /// External broker; `None` starts the embedded one on `listen`.
     pub broker: Option<String>,
     pub listen: SocketAddr,
@@ -73,7 +75,7 @@ pub struct ServeOptions {
     pub max_connections: usize,
     pub place: PlaceFn,
     /// TLS and credentials: the embedded broker's, or the orchestrator's login to `broker`.
-    pub security: crate::security::ServeSecurityArgs,
+    pub security: crate::security::ServeSecurity,
 }
 
 /// What happened, for whoever shows progress.
@@ -130,13 +132,6 @@ pub enum ServeEvent {
 /// The fleet snapshot is republished at least this often (for its "last seen" column).
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Publishes without waiting: the request channel is large, and the loop must never block
 /// on it while it is the one draining the event loop.
 fn publish<M: WireMessage>(client: &AsyncClient, topic: String, msg: &M, retain: bool) {
@@ -159,7 +154,7 @@ pub async fn run(
     let topics = Topics::new(&opts.prefix)?;
     let (addr, embedded, security) = match &opts.broker {
         Some(url) => {
-            let (_, url) = crate::security::split_tls_scheme(url);
+            let (_, url) = moirai_link::tls::split_tls_scheme(url);
             (BrokerAddr::parse(&url)?, false, opts.security.external()?)
         }
         None => {
@@ -178,8 +173,8 @@ pub async fn run(
             )
         }
     };
-    let store = ProfileStore::load(&opts.store_path)?;
-    let session = now_ms();
+    let store = moirai_model::profiles::read_table(&opts.store_path)?;
+    let session = moirai_link::clock::now_ms();
     let client_id = format!("moirai-orchestrator-{}", std::process::id());
     let mut mqtt = bus::options(&addr, &client_id, &topics, session);
     security.apply(&mut mqtt);
@@ -256,7 +251,7 @@ pub async fn run(
                     let snap = view::snapshot(
                         &fleet,
                         now,
-                        now_ms(),
+                        moirai_link::clock::now_ms(),
                         current.as_ref().map(|p| (p.epoch, p.schedule.makespan_ms, p.graph.name.as_str())),
                         |n| current.as_ref().and_then(|p| p.assignments.get(n)).map_or(0, |a| a.ops.len() as u32),
                     );
@@ -318,7 +313,11 @@ pub async fn run(
                     });
                 }
                 Outbound::SaveProfiles => {
-                    if let Err(e) = fleet.store().save(&opts.store_path) {
+                    let file = moirai_model::profiles::ProfileStore {
+                        path: opts.store_path.clone(),
+                        table: fleet.store().clone(),
+                    };
+                    if let Err(e) = file.save() {
                         warn!(error = %e, "profile store not saved");
                     }
                 }
@@ -417,370 +416,25 @@ fn membership_events(
 }
 
 /// The online agents as the planner sees them.
-pub fn plan_devices(fleet: &Fleet) -> Vec<PlanDevice> {
+pub fn plan_devices(fleet: &Fleet) -> Vec<OnlineAgent> {
     fleet
         .registry()
         .online()
-        .map(|(name, r)| PlanDevice {
-            name: name.to_string(),
-            board: r.birth.board.to_string(),
-            memory_bytes: r.birth.memory_bytes,
-            peak_gflops: r.birth.peak_gflops as f64,
-            mem_gbps: r.birth.mem_gbps as f64,
-            link: r.link,
-        })
+        .map(|(_, r)| OnlineAgent::from_birth(&r.birth, r.link))
         .collect()
-}
-
-/// `moirai serve` options.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ServeArgs {
-    /// ONNX model to place on the fleet.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// External broker (mqtt://host:port, e.g. mosquitto); default: start the embedded one.
-    #[arg(long)]
-    pub broker: Option<String>,
-    /// Where the embedded broker listens.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    pub listen: SocketAddr,
-    #[command(flatten)]
-    pub fleet: FleetArgs,
-    #[command(flatten)]
-    pub security: crate::security::ServeSecurityArgs,
-    /// Also serve distributed inference on agents started with `--infer`: HTTP
-    /// `POST /v1/infer` and `GET /v1/metrics` on this address (plain MQTT only).
-    #[arg(long)]
-    pub infer_listen: Option<SocketAddr>,
-}
-
-/// Fleet timing and storage options shared by `serve` and `demo`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct FleetArgs {
-    /// Topic prefix.
-    #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
-    pub prefix: String,
-    /// An agent silent this long (ms) is declared dead, Last Will or not.
-    #[arg(long, default_value_t = 6000)]
-    pub heartbeat_timeout_ms: u64,
-    /// Replan once membership has been quiet this long (ms)...
-    #[arg(long, default_value_t = 500)]
-    pub debounce_ms: u64,
-    /// ...but at most this long after the first change (ms).
-    #[arg(long, default_value_t = 5000)]
-    pub max_debounce_ms: u64,
-    /// Profiling slower than this (ms) is abandoned; the roofline stands in.
-    #[arg(long, default_value_t = 90_000)]
-    pub profile_timeout_ms: u64,
-    /// Timed runs per kernel when profiling.
-    #[arg(long, default_value_t = 5)]
-    pub profile_runs: u32,
-    /// Profile store file (measured times by board class and kernel).
-    #[arg(long, default_value = "moirai-profiles.json")]
-    pub store: PathBuf,
-    /// Placer time limit per replan (ms).
-    #[arg(long, default_value_t = 2000)]
-    pub time_limit_ms: u64,
-}
-
-impl FleetArgs {
-    pub fn fleet_config(&self) -> FleetConfig {
-        FleetConfig {
-            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
-            debounce: Duration::from_millis(self.debounce_ms),
-            max_debounce: Duration::from_millis(self.max_debounce_ms.max(self.debounce_ms)),
-            profile_timeout: Duration::from_millis(self.profile_timeout_ms),
-            profile_runs: self.profile_runs.max(1),
-        }
-    }
-
-    /// Options for [`run`], given the model, broker and placer.
-    pub fn options(
-        &self,
-        model: FleetModel,
-        broker: Option<String>,
-        listen: SocketAddr,
-        place: PlaceFn,
-    ) -> ServeOptions {
-        ServeOptions {
-            model,
-            broker,
-            listen,
-            prefix: self.prefix.clone(),
-            fleet: self.fleet_config(),
-            store_path: self.store.clone(),
-            time_limit: Duration::from_millis(self.time_limit_ms),
-            tick: Duration::from_millis((self.heartbeat_timeout_ms / 10).clamp(5, 100)),
-            max_connections: 1024,
-            place,
-            security: Default::default(),
-        }
-    }
-}
-
-/// One line per event, for `moirai serve` (stdout: what a user follows; logs go to stderr).
-pub fn describe(ev: &ServeEvent) -> Option<String> {
-    Some(match ev {
-        ServeEvent::Connected { broker, embedded } => format!(
-            "connected to {} broker {broker}",
-            if *embedded { "embedded" } else { "external" }
-        ),
-        ServeEvent::Joined {
-            name,
-            board,
-            bd_seq,
-            emulation_scale,
-        } => match emulation_scale {
-            Some(s) => format!("joined {name} ({board}, emulated: times x{s:.2}) bd_seq={bd_seq}"),
-            None => format!("joined {name} ({board}) bd_seq={bd_seq}"),
-        },
-        ServeEvent::Restarted {
-            name,
-            bd_seq,
-            previous,
-        } => format!("restarted {name} bd_seq={bd_seq} (was {previous})"),
-        ServeEvent::Left { name, why } => format!("left {name} ({why})"),
-        ServeEvent::ProfileProgress {
-            board,
-            agent,
-            done,
-            total,
-        } => {
-            if done < total && *done != 0 {
-                return None;
-            }
-            format!("profiling {board} on {agent}: {done}/{total} kernels")
-        }
-        ServeEvent::Replanning { reasons } => format!("replanning: {}", reasons.join("; ")),
-        ServeEvent::Planned { plan, previous } => {
-            let mut s = format!(
-                "plan epoch={} agents={} makespan_ms={:.3} measured={} roofline={} solve_ms={:.1}",
-                plan.epoch,
-                plan.agents.join(","),
-                plan.schedule.makespan_ms,
-                plan.coverage.measured,
-                plan.coverage.roofline,
-                plan.solve.as_secs_f64() * 1e3
-            );
-            if let Some(p) = previous {
-                s.push_str(&format!(
-                    " replaces={} (makespan_ms={:.3})",
-                    p.epoch, p.schedule.makespan_ms
-                ));
-            }
-            s.push_str(&format!(" why={:?}", plan.reasons));
-            s
-        }
-        ServeEvent::PlanFailed(e) => format!("plan failed: {e}"),
-        ServeEvent::Refused { name, reason } => format!("refused {name}: {reason}"),
-        ServeEvent::Dropped { total } => format!("dropped {total} undecodable payloads so far"),
-    })
-}
-
-/// A per-agent table of a plan.
-pub fn plan_table(plan: &CurrentPlan) -> String {
-    let mut out = format!(
-        "plan epoch {} for {}: makespan {:.3} ms on {} agents ({} op costs measured, {} roofline)\n",
-        plan.epoch,
-        plan.graph.name,
-        plan.schedule.makespan_ms,
-        plan.agents.len(),
-        plan.coverage.measured,
-        plan.coverage.roofline
-    );
-    let w = plan
-        .agents
-        .iter()
-        .map(|a| a.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    out.push_str(&format!(
-        "{:<w$}  {:>4}  {:>9}  {:>4}  {:>4}  ops\n",
-        "agent", "ops", "busy ms", "recv", "send"
-    ));
-    for (name, a) in &plan.assignments {
-        let busy: f64 = a.ops.iter().map(|o| o.end_ms - o.start_ms).sum::<f64>() + 0.0; // + 0.0: an empty sum is -0.0, printed "-0.000"
-        let mut names: Vec<&str> = a.ops.iter().map(|o| o.name.as_str()).collect();
-        if names.len() > 6 {
-            let n = names.len();
-            names.truncate(5);
-            names.push("…");
-            out.push_str(&format!(
-                "{name:<w$}  {:>4}  {busy:>9.3}  {:>4}  {:>4}  {} ({n})\n",
-                a.ops.len(),
-                a.receive.len(),
-                a.send.len(),
-                names.join(", ")
-            ));
-        } else {
-            out.push_str(&format!(
-                "{name:<w$}  {:>4}  {busy:>9.3}  {:>4}  {:>4}  {}\n",
-                a.ops.len(),
-                a.receive.len(),
-                a.send.len(),
-                names.join(", ")
-            ));
-        }
-    }
-    out
 }
 
 /// Loads an ONNX model and coarsens it with the wgpu rule set (the kernels agents profile
 /// and run), as the fleet plans it.
-pub fn load_model(path: &std::path::Path) -> Result<FleetModel, ServeError> {
-    let (_, coarse) = crate::coarsen::coarsen_file(
+pub fn load_model(path: &std::path::Path) -> Result<PlanModel, ServeError> {
+    let (_, coarse) = moirai_model::coarsen::coarsen_file(
         path,
-        moirai_shared::device::Backend::Wgpu,
-        &crate::import::onnx::ImportOptions::default(),
+        moirai_core::device::Backend::Wgpu,
+        &moirai_model::import::onnx::ImportOptions::default(),
     )
     .map_err(|source| ServeError::Model {
         path: path.to_path_buf(),
         source: Box::new(source),
     })?;
-    Ok(FleetModel::from_coarse(&coarse))
-}
-
-/// The placer replans use: the Moirai placer, warm-started from the plan in force, through
-/// the validating `place` entry point.
-pub fn placer() -> PlaceFn {
-    Box::new(|g, warm, limit| {
-        // The bound is part of the replan's budget: a quarter of it at most.
-        let t0 = std::time::Instant::now();
-        let bound = crate::place::lower_bound_within(g, limit / 4);
-        let opts = crate::place::PlaceOptions {
-            time_limit: limit.saturating_sub(t0.elapsed()).max(limit / 2),
-            warm_start: warm.cloned(),
-            ..Default::default()
-        };
-        crate::place::place(g, crate::place::Method::Moirai, &opts, &bound)
-            .map(|p| p.schedule)
-            .map_err(|e| e.to_string())
-    })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn signalled() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async {
-                match term.as_mut() {
-                    Some(t) => { t.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// `moirai serve`: runs until SIGINT/SIGTERM, printing one line per event on stdout and
-/// each new plan as a table.
-pub fn run_blocking(args: ServeArgs) -> Result<(), ServeError> {
-    let model = load_model(&args.model)?;
-    println!(
-        "model {}: {} kernels ({} distinct), {} tensors between them",
-        model.name,
-        model.ops.len(),
-        model.signatures().len(),
-        model.edges.len()
-    );
-    let mut opts = args
-        .fleet
-        .options(model, args.broker.clone(), args.listen, placer());
-    opts.security = args.security.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
-    let infer = match args.infer_listen {
-        Some(addr) => Some((
-            addr,
-            Arc::new(
-                crate::infer::model::InferModel::load(&args.model)
-                    .map_err(|e| ServeError::Infer(e.to_string()))?,
-            ),
-            args.fleet.prefix.clone(),
-        )),
-        None => None,
-    };
-    rt.block_on(async move {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let printer = tokio::spawn(async move {
-            use std::io::Write;
-            let mut infer = infer;
-            while let Some(ev) = rx.recv().await {
-                if let (ServeEvent::Connected { broker, .. }, Some((addr, model, prefix))) =
-                    (&ev, infer.take())
-                {
-                    crate::infer::session::serve_http(broker.clone(), prefix, model, addr).await;
-                }
-                if let Some(line) = describe(&ev) {
-                    println!("{line}");
-                }
-                if let ServeEvent::Planned { plan, .. } = &ev {
-                    print!("{}", plan_table(plan));
-                }
-                let _ = std::io::stdout().flush();
-            }
-        });
-        let r = run(opts, tx, signalled()).await;
-        let _ = printer.await;
-        r
-    })
-}
-
-/// `moirai fleet` options.
-#[derive(clap::Args, Clone, Debug)]
-pub struct FleetViewArgs {
-    /// The orchestrator's broker.
-    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-    pub broker: String,
-    #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
-    pub prefix: String,
-    /// How long to wait for the orchestrator's retained registry (ms).
-    #[arg(long, default_value_t = 3000)]
-    pub wait_ms: u64,
-}
-
-/// `moirai fleet`: prints the orchestrator's registry as a table and, where an inference
-/// session serves, its measured latency next to the plan's prediction. `Ok(false)`: no
-/// orchestrator has published either on that broker and prefix.
-pub fn show_fleet(args: FleetViewArgs) -> Result<bool, ServeError> {
-    let addr = BrokerAddr::parse(&args.broker)?;
-    let topics = Topics::new(&args.prefix)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
-    let v = rt
-        .block_on(bus::fetch_view(
-            &addr,
-            &topics,
-            Duration::from_millis(args.wait_ms),
-            true,
-        ))
-        .map_err(ServeError::Fetch)?;
-    if let Some(s) = &v.snapshot {
-        print!("{}", view::table(s, now_ms()));
-    }
-    if let Some(s) = &v.serving {
-        print!("{}", view::serving(s, now_ms()));
-    }
-    if v.snapshot.is_none() && v.serving.is_none() {
-        println!(
-            "no fleet registry on {addr} under `{}` (is `moirai serve` running?)",
-            args.prefix
-        );
-        return Ok(false);
-    }
-    Ok(true)
+    Ok(coarse.plan_model())
 }

@@ -15,8 +15,8 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use moirai_shared::plan::{OpSlot, Placement, Schedule, TransferSlot};
-use moirai_shared::{DeviceId, EdgeId, Graph, OpId};
+use moirai_core::plan::{OpSlot, Placement, Schedule, TransferSlot};
+use moirai_core::{DeviceId, EdgeId, Graph, OpId};
 
 const EPS: f64 = 1e-9;
 
@@ -520,7 +520,7 @@ pub fn all_on(g: &Graph, d: DeviceId) -> Placement {
 mod tests {
     use super::*;
     use crate::testutil::{diamond, example_1};
-    use moirai_shared::plan::check::validate;
+    use moirai_core::plan::check::validate;
 
     #[test]
     fn one_device_runs_ops_back_to_back() {
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn shared_tensors_travel_once_per_device() {
-        use moirai_shared::graph::{Device, Edge, Op};
+        use moirai_core::graph::{Device, Edge, Op};
         let dev = |n: &str| Device {
             name: n.into(),
             memory_bytes: 100,

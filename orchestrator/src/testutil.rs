@@ -1,14 +1,14 @@
 //! Graphs for unit tests.
 
-use moirai_shared::graph::{format, Device, Edge, Op};
-use moirai_shared::{Graph, OpId};
+use moirai_core::graph::{format, Device, Edge, Op};
+use moirai_core::{Graph, OpId};
 
 /// The paper's toy case, shipped in the repo (memory binds; optimum 30 ms).
 pub fn example_1() -> Graph {
     format::from_json(include_str!("../../tests/fixtures/profiled/example_1.json")).unwrap()
 }
 
-pub use moirai_shared::graph::sample::diamond;
+pub use moirai_core::graph::sample::diamond;
 
 /// `n` independent ops, identical on `k` identical devices, no edges: optimum is obvious.
 pub fn independent(n: usize, k: usize, t: f64) -> Graph {

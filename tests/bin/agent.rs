@@ -1,15 +1,19 @@
 //! `moirai-test-agent --broker ... --config ... --name ...`: the agent's connected mode as a
-//! binary of this package, so the integration tests can start it by `CARGO_BIN_EXE_` path;
-//! it runs the same library function as `moirai-agent` without a subcommand.
+//! binary of this package, so the integration tests can start it by `CARGO_BIN_EXE_` path.
+//! It compiles the very command module `moirai-agent` does, so the tests drive the same code
+//! a user runs.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+#[path = "../../agent/src/commands/connect.rs"]
+mod connect;
+
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
-    connect: moirai_agent::link::cli::ConnectArgs,
+    connect: connect::ConnectArgs,
 }
 
 fn main() -> ExitCode {
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,moirai_agent=info")),
         )
         .init();
-    match moirai_agent::link::cli::run(Cli::parse().connect, None) {
+    match connect::run(Cli::parse().connect, None) {
         Ok(ended) => ExitCode::from(ended.exit_status()),
         Err(e) => {
             eprintln!("moirai-test-agent: {e}");

@@ -1,16 +1,19 @@
 //! `moirai-test-orchestrator serve ...` and `... fleet ...`: the orchestrator's `serve` and
-//! `fleet` entry points as a binary of this package, so the integration tests can start them
-//! by `CARGO_BIN_EXE_` path; they run the same library functions as `moirai serve` and
-//! `moirai fleet`.
+//! `fleet` commands as a binary of this package, so the integration tests can start them by
+//! `CARGO_BIN_EXE_` path. It compiles the very command module `moirai` does (options,
+//! printing and all), so the tests drive the same code a user runs.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+#[path = "../../orchestrator/src/commands/serve.rs"]
+mod serve;
+
 #[derive(Parser)]
 enum Cli {
-    Serve(Box<moirai_orchestrator::serve::ServeArgs>),
-    Fleet(moirai_orchestrator::serve::FleetViewArgs),
+    Serve(Box<serve::ServeArgs>),
+    Fleet(serve::FleetViewArgs),
 }
 
 fn main() -> ExitCode {
@@ -25,7 +28,7 @@ fn main() -> ExitCode {
     let args = match Cli::parse() {
         Cli::Serve(args) => args,
         Cli::Fleet(args) => {
-            return match moirai_orchestrator::serve::show_fleet(args) {
+            return match serve::fleet(args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(2),
                 Err(e) => {
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match moirai_orchestrator::serve::run_blocking(*args) {
+    match serve::serve(*args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("moirai-test-orchestrator: {e}");

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use moirai_core::device::Backend;
 use moirai_orchestrator::cluster::{self, ClusterError};
-use moirai_shared::device::Backend;
 
 use super::import::scratch;
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use moirai_link::tls::ClientSecurity;
 use moirai_orchestrator::broker::start;
-use moirai_orchestrator::security::ClientSecurity;
 use moirai_tests::secured::connect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

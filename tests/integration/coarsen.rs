@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use moirai_core::cost::ProfileTable;
+use moirai_core::device::{Backend, Cluster};
+use moirai_core::graph::format;
+use moirai_model::coarsen::{coarsen, rules::RuleSet};
+use moirai_model::import::onnx::{self, ImportOptions};
 use moirai_orchestrator::cluster;
-use moirai_orchestrator::coarsen::{coarsen, rules::RuleSet};
 use moirai_orchestrator::costing::costed_graph;
-use moirai_orchestrator::import::onnx::{self, ImportOptions};
 use moirai_orchestrator::place::{self, Method, PlaceOptions};
-use moirai_shared::cost::ProfileTable;
-use moirai_shared::device::{Backend, Cluster};
-use moirai_shared::graph::format;
 
 use super::import::{shared_models, MODELS};
 

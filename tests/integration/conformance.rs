@@ -28,10 +28,10 @@ use moirai_agent::exec::host::{HostData, HostTensor};
 use moirai_agent::gpu::buffers::{readback_f32, readback_words};
 use moirai_agent::gpu::{AdapterChoice, BufferPool, GpuContext, GpuTensor};
 use moirai_agent::kernels::GpuKernel;
-use moirai_orchestrator::coarsen::rules::{self, RuleSet};
-use moirai_orchestrator::coarsen::{coarsen, FusedGroup};
-use moirai_orchestrator::import::onnx::{self, dtype_of, ImportOptions, OnnxModel};
-use moirai_shared::kernel::{DType, KernelClass, TensorShape};
+use moirai_core::kernel::{DType, KernelClass, TensorShape};
+use moirai_model::coarsen::rules::{self, RuleSet};
+use moirai_model::coarsen::{coarsen, FusedGroup};
+use moirai_model::import::onnx::{self, dtype_of, ImportOptions, OnnxModel};
 use tract_onnx::pb;
 use tract_onnx::prelude::f16;
 
@@ -276,11 +276,11 @@ fn load_case(dir: &Path) -> Result<Case, String> {
 fn in_a_kernel(op: &str) -> bool {
     rules::classify(&[op]) != KernelClass::Other
         || [
-            rules::VIEW,
-            rules::ELTWISE,
-            rules::REDUCE,
+            &rules::VIEW[..],
+            &rules::ELTWISE[..],
+            &rules::REDUCE[..],
             rules::ROW_REDUCTION,
-            rules::COPY,
+            &rules::COPY[..],
         ]
         .iter()
         .any(|list| list.contains(&op))

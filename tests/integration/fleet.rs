@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use moirai_agent::link::REFUSED_EXIT;
-use moirai_shared::wire::life::{Death, OrchState};
-use moirai_shared::wire::topic::Topics;
-use moirai_shared::wire::{decode, encode, TopicKind, PROTOCOL_VERSION};
+use moirai_core::wire::life::{Death, OrchState};
+use moirai_core::wire::topic::Topics;
+use moirai_core::wire::{decode, encode, TopicKind, PROTOCOL_VERSION};
 use moirai_tests::fleet::{free_port, mosquitto, repo_root, scratch, wait_for_port, Proc};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_moirai-test-orchestrator");

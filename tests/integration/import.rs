@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use moirai_orchestrator::import::onnx::build::ModelBuilder;
-use moirai_orchestrator::import::onnx::{self, ImportError, ImportOptions, WeightData};
-use moirai_shared::kernel::DType;
+use moirai_core::kernel::DType;
+use moirai_model::import::onnx::build::ModelBuilder;
+use moirai_model::import::onnx::{self, ImportError, ImportOptions, WeightData};
 
 /// `../shared/models`, or `None` (with a printed reason) when this checkout lacks it.
 pub fn shared_models() -> Option<PathBuf> {

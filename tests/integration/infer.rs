@@ -10,12 +10,14 @@ use moirai_agent::exec::direct::DirectStats;
 use moirai_agent::exec::gpu_share::Fault;
 use moirai_agent::exec::worker::{self, DirectOptions, ExecutorChoice, WorkerOptions};
 use moirai_agent::gpu::AdapterChoice;
-use moirai_orchestrator::infer::model::{InferModel, Placement};
-use moirai_orchestrator::infer::requests::Tensor;
+use moirai_core::wire::BrokerAddr;
+use moirai_model::loaded::LoadedModel;
+use moirai_model::tensor_proto as tensor;
+use moirai_model::tensor_proto::NamedTensor;
+use moirai_orchestrator::infer::model::Placement;
 use moirai_orchestrator::infer::run::pipelined;
 use moirai_orchestrator::infer::session::{self, InferEvent, SessionHandle, SessionOptions};
-use moirai_orchestrator::infer::{tensor, InferError};
-use moirai_shared::wire::BrokerAddr;
+use moirai_orchestrator::infer::InferError;
 use moirai_tests::fleet::repo_root;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -24,8 +26,8 @@ use tokio::task::JoinHandle;
 /// tensor's scale: logits near zero would make an element-wise ratio meaningless).
 const TOL: f32 = 1e-4;
 
-fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
-    moirai_shared::tensor::rel_diff(&got.value, &want.value).unwrap_or_else(|| {
+fn rel_diff(got: &NamedTensor, want: &NamedTensor) -> f32 {
+    moirai_core::tensor::rel_diff(&got.value, &want.value).unwrap_or_else(|| {
         panic!(
             "output `{}` is {:?}{:?}, the reference {:?}{:?}",
             got.name,
@@ -38,7 +40,7 @@ fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
 }
 
 /// The largest difference over all outputs, in the model's order.
-fn worst(got: &[Tensor], want: &[Tensor]) -> f32 {
+fn worst(got: &[NamedTensor], want: &[NamedTensor]) -> f32 {
     assert_eq!(got.len(), want.len(), "output count");
     got.iter()
         .zip(want)
@@ -144,7 +146,7 @@ fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
     }
 }
 
-async fn start_fleet(model: Arc<InferModel>, path: &Path, agents: &[AgentSpec]) -> Fleet {
+async fn start_fleet(model: Arc<LoadedModel>, path: &Path, agents: &[AgentSpec]) -> Fleet {
     // RUST_LOG=moirai_orchestrator::infer=debug,moirai_agent::exec=debug shows the traffic.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -219,13 +221,13 @@ impl Fleet {
 /// in the model's order.
 struct Case {
     dir: PathBuf,
-    inputs: Vec<Tensor>,
-    outputs: Vec<Tensor>,
+    inputs: Vec<NamedTensor>,
+    outputs: Vec<NamedTensor>,
 }
 
-fn case(dir: PathBuf, model: &InferModel) -> Case {
+fn case(dir: PathBuf, model: &LoadedModel) -> Case {
     let data = dir.join("test_data_set_0");
-    let read = |kind: &str, names: Vec<String>| -> Vec<Tensor> {
+    let read = |kind: &str, names: Vec<String>| -> Vec<NamedTensor> {
         names
             .into_iter()
             .enumerate()
@@ -258,7 +260,7 @@ fn tiny() -> PathBuf {
 
 async fn runs_across_three_agents(dir: PathBuf, stream_one: bool, gpu: bool) {
     let path = dir.join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(dir, &model);
     let mut third = agent("jetson-1", "jetson-orin-nano");
     // One agent has no local copy: its weights are streamed, chunked and checksummed.
@@ -393,7 +395,7 @@ async fn models_run_across_three_agents_on_the_gpu_executor_and_match_their_refe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_that_does_not_fit_memory_is_refused_with_the_figures() {
     let path = tiny().join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(tiny(), &model);
     let mut small = agent("pi4-small", "raspberry-pi-4");
     small.memory_mb = Some(0);
@@ -417,7 +419,7 @@ async fn an_assignment_that_does_not_fit_memory_is_refused_with_the_figures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_an_agent_with_twenty_requests_in_flight_loses_none() {
     let path = tiny().join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(tiny(), &model);
     // Each agent takes 25 ms more per request, as a slow board: 20 requests keep the
     // pipeline busy for about half a second.
@@ -484,7 +486,7 @@ async fn killing_an_agent_with_twenty_requests_in_flight_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_joining_while_requests_stream_fails_none_and_later_requests_use_the_new_plan() {
     let path = tiny().join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(tiny(), &model);
     let mut fleet = start_fleet(
         model.clone(),
@@ -539,7 +541,7 @@ async fn an_agent_joining_while_requests_stream_fails_none_and_later_requests_us
 async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics() {
     use moirai_orchestrator::infer::http;
     let path = tiny().join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(tiny(), &model);
     let fleet = start_fleet(
         model.clone(),
@@ -669,7 +671,7 @@ fn every_op_of_the_reference_models_is_in_the_executors_op_set() {
             println!("skipping {name}: {} is absent", path.display());
             continue;
         };
-        let proto = moirai_orchestrator::infer::submodel::decode_model(&bytes).expect(name);
+        let proto = moirai_model::submodel::decode_model(&bytes).expect(name);
         if let Err(e) = moirai_agent::exec::subgraph::check_ops(&proto, 1) {
             panic!("{name}: {e}");
         }
@@ -683,7 +685,7 @@ fn every_op_of_the_reference_models_is_in_the_executors_op_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activations_cross_between_agents_over_the_direct_path() {
     let path = tiny().join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(tiny(), &model);
     let mut agents = [
         agent("pi5-1", "raspberry-pi-5"),
@@ -724,7 +726,7 @@ async fn activations_cross_between_agents_over_the_direct_path() {
 /// One agent of three carries a fault in the tiny CNN's stem convolution (its first group).
 async fn fleet_with_a_faulty_stem(fault: Fault, deadline: Option<Duration>) -> (Fleet, Case) {
     let path = tiny().join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(tiny(), &model);
     let mut agents = [
         agent("pi5-1", "raspberry-pi-5"),
@@ -825,7 +827,7 @@ async fn http_json_takes_int64_token_ids_and_answers_bert_across_agents() {
     use moirai_orchestrator::infer::http;
     let dir = repo_root().join("tests/fixtures/onnx/tiny-bert");
     let path = dir.join("model.onnx");
-    let model = Arc::new(InferModel::load(&path).expect("model loads"));
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
     let c = case(dir, &model);
     let fleet = start_fleet(
         model.clone(),
@@ -848,7 +850,7 @@ async fn http_json_takes_int64_token_ids_and_answers_bert_across_agents() {
         .inputs
         .iter()
         .map(|t| {
-            let moirai_shared::tensor::TensorData::I64(v) = &t.value.data else {
+            let moirai_core::tensor::TensorData::I64(v) = &t.value.data else {
                 panic!("`{}` is not int64", t.name)
             };
             serde_json::json!({"name": t.name, "dims": t.value.dims, "values": v})
@@ -885,9 +887,9 @@ async fn http_json_takes_int64_token_ids_and_answers_bert_across_agents() {
         .iter()
         .map(|d| d.as_u64().unwrap())
         .collect();
-    let got = Tensor {
+    let got = NamedTensor {
         name: c.outputs[0].name.clone(),
-        value: moirai_shared::tensor::TensorValue::f32(&dims, values),
+        value: moirai_core::tensor::TensorValue::f32(&dims, values),
     };
     let d = rel_diff(&got, &c.outputs[0]);
     assert!(d <= TOL, "relative difference to onnxruntime {d:e}");

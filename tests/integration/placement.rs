@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use moirai_orchestrator::import::profiled;
+use moirai_core::plan::check::validate;
+use moirai_model::import::profiled;
 use moirai_orchestrator::place::{self, Method, PlaceOptions};
-use moirai_shared::plan::check::validate;
 
 fn samples() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/benchmarks/moirai-samples");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use moirai_orchestrator::rollout::{self, RolloutArgs};
+use moirai_orchestrator::rollout::{self, RolloutOptions};
 use moirai_tests::fleet::{free_port, scratch, serve_command, Proc};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_moirai-test-orchestrator");
@@ -26,10 +26,10 @@ fn board(dir: &Path) -> PathBuf {
     p
 }
 
-fn args(port: u16, to: &str, binary: &Path, within: u32) -> RolloutArgs {
-    RolloutArgs {
+fn args(port: u16, to: &str, binary: &Path, within: u32) -> RolloutOptions {
+    RolloutOptions {
         broker: format!("mqtt://127.0.0.1:{port}"),
-        prefix: moirai_shared::wire::topic::DEFAULT_PREFIX.into(),
+        prefix: moirai_core::wire::topic::DEFAULT_PREFIX.into(),
         to: to.into(),
         binary: binary.to_path_buf(),
         stage: "100%".into(),
@@ -70,7 +70,10 @@ fn a_broken_release_rolls_back_and_a_good_one_becomes_current() {
     let hung = dir.join("hung-agent");
     std::fs::write(&hung, "#!/bin/sh\nsleep 600\n").unwrap();
     let from = orch.seen.len();
-    let switched = rollout::run(args(port, "0.2.0-broken", &hung, 2)).expect("rollout runs");
+    let switched = rollout::run(args(port, "0.2.0-broken", &hung, 2), &mut |l| {
+        println!("{l}")
+    })
+    .expect("rollout runs");
     assert!(!switched, "a hung release must not count as switched");
     agent.expect(0, SLOW, "the rollback", |l| {
         l.contains("release 0.2.0-broken rolled back") && l.contains("not online within 2 s")
@@ -85,7 +88,10 @@ fn a_broken_release_rolls_back_and_a_good_one_becomes_current() {
     let from = orch.seen.len();
     let crashing = dir.join("crashing-agent");
     std::fs::write(&crashing, "#!/bin/sh\necho bad build >&2\nexit 3\n").unwrap();
-    assert!(!rollout::run(args(port, "0.2.1", &crashing, 30)).expect("rollout runs"));
+    assert!(
+        !rollout::run(args(port, "0.2.1", &crashing, 30), &mut |l| println!("{l}"))
+            .expect("rollout runs")
+    );
     agent.expect(0, SLOW, "the second rollback", |l| {
         l.contains("release 0.2.1 rolled back") && l.contains("exited")
     });
@@ -96,7 +102,11 @@ fn a_broken_release_rolls_back_and_a_good_one_becomes_current() {
 
     // A working release (the same agent build under a new name): online, then current.
     let from = orch.seen.len();
-    assert!(rollout::run(args(port, "0.3.0", Path::new(AGENT), 60)).expect("rollout runs"));
+    assert!(rollout::run(
+        args(port, "0.3.0", Path::new(AGENT), 60),
+        &mut |l| println!("{l}")
+    )
+    .expect("rollout runs"));
     // The new process reports online; its predecessor then switches the links and steps down.
     let status = agent.wait_exit(SLOW).expect("the old process steps down");
     assert_eq!(

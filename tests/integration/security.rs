@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use moirai_link::tls::{ClientSecurity, Credentials};
 use moirai_orchestrator::broker::start_secured;
-use moirai_orchestrator::security::{
-    BrokerSecurity, ClientSecurity, ClientSecurityArgs, Credentials, DeviceTable, ServerTls,
-};
+use moirai_orchestrator::security::{BrokerSecurity, ClientLogin, DeviceTable, ServerTls};
 use moirai_tests::fleet::{free_port, scratch, serve_command, Proc};
 use moirai_tests::pki::TestPki;
 use moirai_tests::secured::{collect, connect, mosquitto_from_templates, subscribe, PREFIX};
@@ -30,7 +29,7 @@ fn creds(user: &str, password: &str) -> ClientSecurity {
 }
 
 fn with_tls(mut s: ClientSecurity, ca: &Path) -> ClientSecurity {
-    s.tls = Some(moirai_orchestrator::security::client_tls(ca).expect("CA file"));
+    s.tls = Some(moirai_link::tls::client_tls(ca).expect("CA file"));
     s
 }
 
@@ -357,7 +356,7 @@ fn client_security_args_load_the_ca_and_default_the_username_to_the_agent_name()
     let dir = scratch("client-args");
     let pki = TestPki::generate(&dir).expect("test PKI");
     let pw = write(&dir, "pw", "secret\n");
-    let args = ClientSecurityArgs {
+    let args = ClientLogin {
         ca_file: Some(pki.ca.clone()),
         username: None,
         password_file: Some(pw),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use moirai_orchestrator::security::ClientSecurity;
+use moirai_link::tls::ClientSecurity;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
 
 use crate::fleet::{free_port, mosquitto_binary, repo_root, wait_for_port, Proc};

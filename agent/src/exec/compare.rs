@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use moirai_orchestrator::infer::model::InferModel;
-use moirai_orchestrator::infer::split::{split, SplitError};
-use moirai_orchestrator::infer::submodel::{self, SubmodelError};
-use moirai_shared::tensor::{rel_diff, TensorValue};
-use moirai_shared::wire::data::SubgraphSpec;
+use moirai_core::tensor::{rel_diff, TensorValue};
+use moirai_core::wire::data::SubgraphSpec;
+use moirai_model::loaded::LoadedModel;
+use moirai_model::split::{split, SplitError};
+use moirai_model::submodel::{self, SubmodelError};
 use tract_onnx::pb;
 
 use super::gpu_share::{GpuShareError, GpuShareExec, LoadOptions, VerifyReport};
@@ -59,7 +59,7 @@ pub type Feed = HashMap<String, TensorValue>;
 
 /// The model cut into `stages` shares of consecutive groups (as equal in group count as
 /// can be), in pipeline order.
-pub fn stage_shares(model: &InferModel, stages: usize) -> Result<Vec<Share>, CompareError> {
+pub fn stage_shares(model: &LoadedModel, stages: usize) -> Result<Vec<Share>, CompareError> {
     let groups = model.coarse.groups.len();
     if stages == 0 || stages > groups {
         return Err(CompareError::Stages { groups, stages });
@@ -111,13 +111,9 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// Nearest-rank percentile.
+    /// Nearest-rank percentile of the (sorted) runs.
     pub fn percentile(&self, p: f64) -> f64 {
-        if self.runs_ms.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * self.runs_ms.len() as f64).ceil() as usize;
-        self.runs_ms[rank.clamp(1, self.runs_ms.len()) - 1]
+        moirai_core::stats::percentile(&self.runs_ms, p)
     }
 
     pub fn min(&self) -> f64 {

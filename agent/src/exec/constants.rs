@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use moirai_orchestrator::coarsen::CoarseGraph;
-use moirai_orchestrator::import::onnx::{value_info, OnnxModel};
-use moirai_orchestrator::infer::submodel::nodes_by_output;
-use moirai_shared::kernel::{DType, TensorShape};
-use moirai_shared::tensor::TensorValue;
+use moirai_core::kernel::{DType, TensorShape};
+use moirai_core::tensor::TensorValue;
+use moirai_model::coarsen::CoarseGraph;
+use moirai_model::import::onnx::{value_info, OnnxModel};
+use moirai_model::submodel::nodes_by_output;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -167,7 +167,7 @@ pub fn initializer(name: &str, v: &TensorValue) -> pb::TensorProto {
     pb::TensorProto {
         name: name.to_string(),
         dims: v.dims.iter().map(|&d| d as i64).collect(),
-        data_type: moirai_orchestrator::import::onnx::onnx_code(v.dtype()),
+        data_type: moirai_model::import::onnx::onnx_code(v.dtype()),
         raw_data: v.to_le_bytes(),
         ..Default::default()
     }

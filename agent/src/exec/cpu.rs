@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use moirai_orchestrator::import::onnx::value_info;
-use moirai_shared::kernel::{
+use moirai_core::kernel::{
     AttrValue, DType, Dag, FusedNode, KernelSignature, Operand, TensorShape,
 };
+use moirai_model::import::onnx::value_info;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -90,7 +90,7 @@ fn attribute(name: &str, v: &AttrValue) -> pb::AttributeProto {
 fn onnx_attributes(node: &FusedNode) -> Vec<pb::AttributeProto> {
     node.attrs
         .iter()
-        .filter(|(k, _)| k.as_str() != moirai_orchestrator::coarsen::ABSENT_INPUTS)
+        .filter(|(k, _)| k.as_str() != moirai_model::coarsen::ABSENT_INPUTS)
         .map(|(k, v)| attribute(k, v))
         .collect()
 }
@@ -795,7 +795,7 @@ fn tract_tensor(h: &HostTensor, dtype: DType) -> TractResult<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use moirai_shared::kernel::{Dag, FusedNode, KernelClass, Operand, TensorShape};
+    use moirai_core::kernel::{Dag, FusedNode, KernelClass, Operand, TensorShape};
 
     use super::*;
 

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moirai_shared::wire::data::{ActivationChunk, DirectAddr};
-use moirai_shared::wire::{decode, WireMessage};
+use moirai_core::wire::data::{ActivationChunk, DirectAddr};
+use moirai_core::wire::{decode, WireMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -291,11 +291,11 @@ async fn write_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moirai_shared::wire::{encode, truncated};
+    use moirai_core::wire::{encode, truncated};
 
     fn chunk(request: u64) -> ActivationChunk {
-        let value = moirai_shared::tensor::TensorValue::f32(&[1, 3], vec![1.0, 2.0, 3.0]);
-        moirai_shared::wire::data::activation_chunks(request, 1, "x", &value).remove(0)
+        let value = moirai_core::tensor::TensorValue::f32(&[1, 3], vec![1.0, 2.0, 3.0]);
+        moirai_core::wire::data::activation_chunks(request, 1, "x", &value).remove(0)
     }
 
     #[tokio::test]

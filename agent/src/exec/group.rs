@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use moirai_orchestrator::coarsen::FusedGroup;
-use moirai_orchestrator::import::onnx::{value_info, OnnxModel};
-use moirai_orchestrator::infer::submodel::nodes_by_output;
-use moirai_shared::tensor::TensorValue;
-use moirai_shared::wire::data::TensorSpec;
+use moirai_core::tensor::TensorValue;
+use moirai_core::wire::data::TensorSpec;
+use moirai_model::coarsen::FusedGroup;
+use moirai_model::import::onnx::{value_info, OnnxModel};
+use moirai_model::submodel::nodes_by_output;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -92,7 +92,7 @@ impl GroupOnTract {
         let inputs = specs(&g.inputs)?;
         let outputs = specs(&g.outputs)?;
         let info = |s: &TensorSpec| {
-            let shape = moirai_shared::kernel::TensorShape {
+            let shape = moirai_core::kernel::TensorShape {
                 dims: s.dims.iter().map(|&d| d as usize).collect(),
                 dtype: s.dtype,
             };

@@ -1,6 +1,6 @@
 //! Host tensors and the sample inputs the profiler and tests feed kernels.
 
-use moirai_shared::kernel::{DType, KernelSignature};
+use moirai_core::kernel::{DType, KernelSignature};
 
 use crate::gpu::buffers::{BufferPool, GpuTensor};
 use crate::gpu::context::{GpuContext, GpuError};

@@ -1,5 +1,5 @@
 //! An agent's share of a plan executed for real: its sub-model (its ONNX nodes with their
-//! weights, see `moirai_orchestrator::infer::submodel`) compiled by tract, fed the tensors it
+//! weights, see `moirai_model::submodel`) compiled by tract, fed the tensors it
 //! receives, returning the tensors it sends.
 //!
 //! Every check happens when the assignment arrives, not at the first request: the memory the
@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use moirai_shared::tensor::TensorValue;
-use moirai_shared::wire::data::{SubgraphSpec, TensorSpec};
+use moirai_core::tensor::TensorValue;
+use moirai_core::wire::data::{SubgraphSpec, TensorSpec};
 
 use super::values::{from_tract, to_tract};
 use tract_onnx::pb;

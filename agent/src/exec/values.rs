@@ -6,8 +6,8 @@
 //! element fits (a token id beyond 2^31 is refused, never wrapped), and the narrow integer
 //! types and bool are widened.
 
-use moirai_shared::kernel::DType;
-use moirai_shared::tensor::{TensorData, TensorValue};
+use moirai_core::kernel::DType;
+use moirai_core::tensor::{TensorData, TensorValue};
 use tract_onnx::prelude::*;
 
 use crate::gpu::buffers::GpuDType;

@@ -19,23 +19,23 @@
 //! tract ([`SubgraphExec`], also the reference). The Birth names the adapter and backend that
 //! run the shares (`cpu`/`cpu` for tract).
 
-use moirai_orchestrator::bus::publish;
+use moirai_link::mqtt::publish;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moirai_orchestrator::infer::submodel;
-use moirai_shared::cost::Verdict;
-use moirai_shared::tensor::TensorValue;
-use moirai_shared::wire::data::{
+use moirai_core::cost::Verdict;
+use moirai_core::tensor::TensorValue;
+use moirai_core::wire::data::{
     activation_chunks, ActivationChunk, Destination, DirectAddr, ExecStatus, SubgraphSpec,
     TensorAssembly, WeightAssembly, WeightChunk,
 };
-use moirai_shared::wire::life::{Birth, Death};
-use moirai_shared::wire::topic::{agent_name, InferKind, InferTopic, Topics};
-use moirai_shared::wire::{decode, encode, truncated, BrokerAddr, WireError};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use moirai_core::wire::life::{Birth, Death};
+use moirai_core::wire::topic::{agent_name, InferKind, InferTopic, Topics};
+use moirai_core::wire::{decode, encode, truncated, BrokerAddr, WireError};
+use moirai_model::submodel;
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tract_onnx::pb;
@@ -45,7 +45,7 @@ use super::gpu_share::{Fault, GpuShareExec, LoadOptions, Where, VERIFY_TOL};
 use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
 use super::watch::{RunKey, RunWatch};
 use crate::gpu::context::{AdapterChoice, GpuContext};
-use crate::profile::store::ProfileStore;
+use moirai_model::profiles::ProfileStore;
 
 /// Plan epochs kept loaded.
 const KEEP_EPOCHS: usize = 3;
@@ -133,13 +133,25 @@ pub enum ExecutorChoice {
 }
 
 /// `--backend` of `moirai-agent infer-worker`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ShareBackend {
     /// Fused WGSL kernels on the wgpu adapter (tract when there is none).
     #[default]
     Wgpu,
     /// Tract on the CPU.
     Cpu,
+}
+
+impl std::str::FromStr for ShareBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wgpu" => Ok(ShareBackend::Wgpu),
+            "cpu" => Ok(ShareBackend::Cpu),
+            other => Err(format!("`{other}`: expected wgpu or cpu")),
+        }
+    }
 }
 
 /// A loaded share on one of the two executors.
@@ -425,10 +437,10 @@ fn local_models(paths: &[PathBuf]) -> Result<HashMap<[u8; 32], LocalModel>, Work
             path: p.clone(),
             source,
         })?;
-        let sha = submodel::sha256(&bytes);
+        let sha = moirai_core::digest::sha256(&bytes);
         match submodel::decode_model(&bytes) {
             Ok(proto) => {
-                info!(path = %p.display(), sha256 = %submodel::hex(&sha), "local model copy");
+                info!(path = %p.display(), sha256 = %moirai_core::digest::hex(&sha), "local model copy");
                 out.insert(
                     sha,
                     LocalModel {
@@ -455,14 +467,7 @@ pub async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(1);
-    let mut mo = MqttOptions::new(
-        format!("{}-infer", opts.name),
-        opts.broker.host.clone(),
-        opts.broker.port,
-    );
-    mo.set_keep_alive(Duration::from_secs(5));
-    mo.set_max_packet_size(16 << 20, 16 << 20);
-    mo.set_clean_session(true);
+    let mut mo = moirai_link::mqtt::options(format!("{}-infer", opts.name), &opts.broker);
     mo.set_inflight(1000);
     mo.set_last_will(LastWill::new(
         topics.infer(&opts.name, InferKind::Gone),
@@ -506,7 +511,7 @@ pub async fn run(
         mem_gbps: opts.mem_gbps,
         emulation_scale: None,
         agent_version: truncated(env!("CARGO_PKG_VERSION")),
-        protocol: moirai_shared::wire::PROTOCOL_VERSION,
+        protocol: moirai_core::wire::PROTOCOL_VERSION,
         bd_seq,
     };
     // The direct path: a listener whose chunks join the MQTT ones, and writers to peers whose
@@ -629,7 +634,7 @@ pub async fn run(
                                 }
                                 None => status(&ExecStatus::NeedWeights {
                                     epoch,
-                                    reason: format!("no local copy with sha256 {}", submodel::hex(&spec.model_sha256)),
+                                    reason: format!("no local copy with sha256 {}", moirai_core::digest::hex(&spec.model_sha256)),
                                 }),
                             }
                         }
@@ -641,7 +646,7 @@ pub async fn run(
                             let epoch = c.epoch;
                             match weights.add(c) {
                                 Ok(Some(bytes)) => {
-                                    if submodel::sha256(&bytes) != weights.sha256 {
+                                    if moirai_core::digest::sha256(&bytes) != weights.sha256 {
                                         status(&ExecStatus::Refused { epoch, reason: "streamed weights fail their SHA-256".into() });
                                         continue;
                                     }
@@ -926,111 +931,6 @@ fn try_run(
     Some((key, p.whole))
 }
 
-/// `moirai-agent infer-worker` options.
-#[derive(clap::Args, Clone, Debug)]
-pub struct WorkerArgs {
-    /// The orchestrator's broker: mqtt://host:port.
-    #[arg(long)]
-    pub broker: String,
-    /// Agent name (letters, digits, - _ .).
-    #[arg(long)]
-    pub name: String,
-    /// Board file of the class this agent stands for (its memory bounds what it accepts).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// A local copy of a model file (repeatable): its weights are used when its SHA-256
-    /// matches the assignment's; without one the orchestrator streams them.
-    #[arg(long)]
-    pub model: Vec<PathBuf>,
-    /// Memory for the share in MiB instead of the board's usable memory.
-    #[arg(long)]
-    pub memory_mb: Option<u64>,
-    /// Executor of the shares: wgpu (fused WGSL kernels; tract when no adapter exists) or
-    /// cpu (tract).
-    #[arg(long, value_enum, default_value = "wgpu")]
-    pub backend: ShareBackend,
-    /// Pick the adapter whose name contains this text (else MOIRAI_ADAPTER, else: discrete >
-    /// integrated > CPU).
-    #[arg(long)]
-    pub adapter: Option<String>,
-    /// Skip the check of every GPU kernel against tract before it serves (by default a
-    /// kernel that differs runs on tract; the check costs load time).
-    #[arg(long)]
-    pub no_verify_kernels: bool,
-    /// The board class's profile store (moirai-profiles/v1): kernel verdicts are read from
-    /// and written to it, so each kernel signature is checked once per board class.
-    #[arg(long)]
-    pub profiles: Option<PathBuf>,
-    /// Milliseconds a request may run on the executor before it fails (default: 20x the
-    /// plan's predicted makespan, at least 30 s).
-    #[arg(long)]
-    pub run_deadline_ms: Option<u64>,
-    /// Also take activations from peers over TCP here (e.g. 0.0.0.0:7070; port 0 picks one),
-    /// and send to peers that do the same directly; MQTT stays the fallback. No TLS.
-    #[arg(long)]
-    pub direct_listen: Option<std::net::SocketAddr>,
-    /// The host:port peers dial for the direct path (default: the listen address).
-    #[arg(long, requires = "direct_listen")]
-    pub direct_advertise: Option<String>,
-    #[arg(long, default_value = moirai_shared::wire::topic::DEFAULT_PREFIX)]
-    pub prefix: String,
-}
-
-impl WorkerArgs {
-    /// Options from the arguments and the board file.
-    pub fn options(&self) -> Result<WorkerOptions, crate::config::ConfigError> {
-        let board = crate::config::load_board(&self.config)?;
-        Ok(WorkerOptions {
-            broker: BrokerAddr::parse(&self.broker).map_err(|source| {
-                crate::config::ConfigError::Broker {
-                    url: self.broker.clone(),
-                    source,
-                }
-            })?,
-            name: self.name.clone(),
-            prefix: self.prefix.clone(),
-            board: board.name.clone(),
-            memory_bytes: self
-                .memory_mb
-                .map(|m| m << 20)
-                .unwrap_or_else(|| board.usable_memory_bytes()),
-            peak_gflops: board.compute.f32_gflops as f32,
-            mem_gbps: board.memory.bandwidth_gbps as f32,
-            models: self.model.clone(),
-            slowdown: Duration::ZERO,
-            executor: match self.backend {
-                ShareBackend::Cpu => ExecutorChoice::Tract,
-                ShareBackend::Wgpu => ExecutorChoice::Wgpu {
-                    adapter: match &self.adapter {
-                        Some(a) => AdapterChoice::NameContains(a.clone()),
-                        None => AdapterChoice::from_env(),
-                    },
-                    verify: !self.no_verify_kernels,
-                },
-            },
-            direct: self.direct_listen.map(|listen| DirectOptions {
-                listen,
-                advertise: self.direct_advertise.clone(),
-            }),
-            direct_stats: Arc::default(),
-            profiles: self.profiles.clone(),
-            run_deadline: self.run_deadline_ms.map(Duration::from_millis),
-            fault: None,
-        })
-    }
-}
-
-/// Runs the worker until SIGINT/SIGTERM.
-pub fn run_blocking(args: WorkerArgs) -> Result<(), WorkerError> {
-    let opts = args.options()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(WorkerError::Runtime)?;
-    rt.block_on(run(opts, moirai_orchestrator::serve::signalled()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,53 +959,5 @@ mod tests {
             format!("{:?}", ctx.info.backend).to_lowercase()
         );
         assert_ne!(info.backend, "cpu");
-    }
-
-    #[test]
-    fn the_cli_backend_chooses_the_executor() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            w: WorkerArgs,
-        }
-        let config = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../firmware-configs/raspberry-pi-5.toml"
-        );
-        let base = [
-            "x",
-            "--broker",
-            "mqtt://127.0.0.1:1883",
-            "--name",
-            "a",
-            "--config",
-            config,
-        ];
-        let parse = |extra: &[&str]| {
-            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-            Cli::try_parse_from(args)
-                .expect("parses")
-                .w
-                .options()
-                .expect("options")
-                .executor
-        };
-        assert!(matches!(
-            parse(&[]),
-            ExecutorChoice::Wgpu { verify: true, .. }
-        ));
-        assert!(matches!(
-            parse(&["--no-verify-kernels"]),
-            ExecutorChoice::Wgpu { verify: false, .. }
-        ));
-        assert!(matches!(
-            parse(&["--backend", "cpu"]),
-            ExecutorChoice::Tract
-        ));
-        assert!(matches!(
-            parse(&["--adapter", "llvm"]),
-            ExecutorChoice::Wgpu { adapter: AdapterChoice::NameContains(a), .. } if a == "llvm"
-        ));
     }
 }

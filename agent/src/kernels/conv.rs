@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::{FusedNode, KernelSignature};
+use moirai_core::kernel::{FusedNode, KernelSignature};
 
 use super::shader::{grid_1d, Shader};
 use super::{

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::KernelSignature;
+use moirai_core::kernel::KernelSignature;
 
 use super::epilogue::{self, is_elementwise};
 use super::shader::{broadcast_index, grid_1d, strides, Shader};

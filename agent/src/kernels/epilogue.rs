@@ -3,12 +3,13 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::{DType, KernelSignature};
+use moirai_core::kernel::{DType, KernelSignature};
 
 use super::shader::{broadcast_index, grid_1d, lit, Shader};
 use super::{attr_f, gpu_dtype, malformed, unsupported, KernelError, Plan};
 
-/// Ops an epilogue can apply.
+/// Ops an epilogue can apply: the element-wise and view ops of the op table
+/// ([`moirai_model::ops`]) this generator writes a statement for.
 pub fn is_elementwise(op: &str) -> bool {
     matches!(
         op,
@@ -374,4 +375,28 @@ pub fn plan_eltwise(sig: &KernelSignature, wiring: &[Vec<usize>]) -> Result<Plan
         aliases: vec![None; sig.outputs.len()],
         consts: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod op_table {
+    use moirai_model::ops::{self, Family};
+
+    /// The generator's list is a subset of what the op table calls element-wise or a view:
+    /// the fusion rules never hand it an op it would treat as something else.
+    #[test]
+    fn every_op_the_generator_takes_is_eltwise_or_a_view_in_the_op_table() {
+        let mut taken = 0;
+        for o in ops::OPS {
+            if super::is_elementwise(o.name) {
+                taken += 1;
+                assert!(
+                    matches!(o.family, Family::Eltwise | Family::View),
+                    "{} is {:?} in the op table",
+                    o.name,
+                    o.family
+                );
+            }
+        }
+        assert!(taken > 30, "only {taken} ops matched");
+    }
 }

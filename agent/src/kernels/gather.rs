@@ -7,10 +7,10 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::KernelSignature;
+use moirai_core::kernel::KernelSignature;
 
 use super::shader::{grid_1d, Shader};
-use moirai_shared::kernel::FusedNode;
+use moirai_core::kernel::FusedNode;
 
 use super::{
     attr_i, axis, epilogue, gpu_dtype, is_view_op, malformed, unsupported, KernelError, Plan,

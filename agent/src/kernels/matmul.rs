@@ -10,7 +10,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::KernelSignature;
+use moirai_core::kernel::KernelSignature;
 
 use super::shader::{broadcast_index, lit, Shader};
 use super::{attr_f, attr_i, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan, Slot};

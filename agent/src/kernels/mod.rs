@@ -28,7 +28,7 @@ pub mod norm;
 pub mod pool;
 pub mod shader;
 
-use moirai_shared::kernel::{AttrValue, DType, FusedNode, KernelClass, KernelSignature, Operand};
+use moirai_core::kernel::{AttrValue, DType, FusedNode, KernelClass, KernelSignature, Operand};
 
 use crate::gpu::buffers::{BufferPool, GpuDType, GpuTensor};
 use crate::gpu::context::{GpuContext, GpuError};
@@ -438,9 +438,9 @@ pub(crate) fn attr_s<'a>(n: &'a FusedNode, k: &str) -> Option<&'a str> {
 }
 
 /// The ONNX input positions of a node that are absent before a present one
-/// ([`moirai_orchestrator::coarsen::ABSENT_INPUTS`]).
+/// ([`moirai_model::coarsen::ABSENT_INPUTS`]).
 pub fn absent_inputs(n: &FusedNode) -> Vec<usize> {
-    attr_is(n, moirai_orchestrator::coarsen::ABSENT_INPUTS)
+    attr_is(n, moirai_model::coarsen::ABSENT_INPUTS)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|p| usize::try_from(p).ok())

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::KernelSignature;
+use moirai_core::kernel::KernelSignature;
 
 use super::shader::{broadcast_index, Shader};
 use super::{attr_f, attr_i, axis, epilogue, gpu_dtype, malformed, unsupported, KernelError, Plan};

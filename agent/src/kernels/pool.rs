@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::kernel::{FusedNode, KernelSignature};
+use moirai_core::kernel::{FusedNode, KernelSignature};
 
 use super::conv::Window;
 use super::shader::{grid_1d, Shader};

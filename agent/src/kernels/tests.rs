@@ -1,7 +1,7 @@
 //! Every kernel class against tract at several shapes, odd ones (not multiples of any tile)
 //! included.
 
-use moirai_shared::kernel::{AttrValue as A, DType, KernelClass as C, TensorShape};
+use moirai_core::kernel::{AttrValue as A, DType, KernelClass as C, TensorShape};
 
 use super::testutil::{check, check_with, f32s, node, sig, typed};
 use super::wire;
@@ -114,7 +114,7 @@ fn conv_sig(
     dil: usize,
     group: usize,
     tail: &[&str],
-) -> moirai_shared::kernel::KernelSignature {
+) -> moirai_core::kernel::KernelSignature {
     let oh = (x[2] + 2 * pad - dil * (k[0] - 1) - 1) / stride + 1;
     let ow = (x[3] + 2 * pad - dil * (k[1] - 1) - 1) / stride + 1;
     let mut nodes = vec![node(
@@ -516,9 +516,9 @@ fn isnan_where_replaces_nans() {
 /// profiler and the executor would otherwise fall back to the CPU for it).
 #[test]
 fn every_fused_kernel_of_the_shared_models_builds() {
-    use moirai_orchestrator::coarsen::coarsen_file;
-    use moirai_orchestrator::import::onnx::ImportOptions;
-    use moirai_shared::device::Backend;
+    use moirai_core::device::Backend;
+    use moirai_model::coarsen::coarsen_file;
+    use moirai_model::import::onnx::ImportOptions;
 
     let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models"));
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -849,8 +849,8 @@ fn training_mode_batchnorm_and_dropout_are_refused() {
 /// read as the min on both executors; the coarsener now records the absent input.
 #[test]
 fn clip_with_only_a_max_bound_clips_from_above() {
-    use moirai_orchestrator::coarsen::{coarsen, rules::RuleSet};
-    use moirai_orchestrator::import::onnx::{build::ModelBuilder, from_proto, ImportOptions};
+    use moirai_model::coarsen::{coarsen, rules::RuleSet};
+    use moirai_model::import::onnx::{build::ModelBuilder, from_proto, ImportOptions};
 
     let f = DType::F32;
     let b = ModelBuilder::new("clip")

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::OnceLock;
 
-use moirai_shared::kernel::{
-    AttrValue, DType, FusedNode, KernelClass, KernelSignature, TensorShape,
-};
+use moirai_core::kernel::{AttrValue, DType, FusedNode, KernelClass, KernelSignature, TensorShape};
 
 use crate::exec::cpu::CpuKernel;
 use crate::exec::host::{sample_inputs, HostData, HostTensor};

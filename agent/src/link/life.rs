@@ -8,10 +8,10 @@
 //!   sets it before each (re)connection from [`AgentLife::death`].
 //! - The agent announces itself (birth) only once the orchestrator's retained state says
 //!   online, again when that state shows a new orchestrator session, and on a
-//!   [`moirai_shared::wire::life::Command::Rebirth`].
+//!   [`moirai_core::wire::life::Command::Rebirth`].
 //! - Heartbeats go out only while announced.
 
-use moirai_shared::wire::life::{Death, Heartbeat, LinkStats, OrchState};
+use moirai_core::wire::life::{Death, Heartbeat, LinkStats, OrchState};
 
 /// What the loop should do next.
 #[derive(Clone, Debug, PartialEq)]

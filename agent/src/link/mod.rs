@@ -8,22 +8,21 @@
 //! rate, the time from there to the payload coming back the download rate, and a tiny probe
 //! the round trip.
 
-pub mod cli;
 pub mod life;
 pub mod probe;
 pub mod timer;
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use moirai_shared::kernel::KernelSignature;
-use moirai_shared::wire::assign::Assignment;
-use moirai_shared::wire::life::{Birth, Command, Death, LinkStats, OrchState, Probe};
-use moirai_shared::wire::profile::{ProfileEntry, ProfileFailure, ProfileReport, ProfileRequest};
-use moirai_shared::wire::{
+use moirai_core::kernel::KernelSignature;
+use moirai_core::wire::assign::Assignment;
+use moirai_core::wire::life::{Birth, Command, Death, LinkStats, OrchState, Probe};
+use moirai_core::wire::profile::{ProfileEntry, ProfileFailure, ProfileReport, ProfileRequest};
+use moirai_core::wire::{
     decode, encode, truncated, Topic, TopicKind, WireMessage, PROTOCOL_VERSION,
 };
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, Outgoing, Packet, QoS};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -31,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::config::AgentConfig;
 use crate::rollout::{Receiving, RolloutError, Staged};
 use life::{AgentLife, LifeAction};
-use moirai_shared::wire::rollout::{UpgradeChunk, UpgradeOffer, UpgradeState, UpgradeStatus};
+use moirai_core::wire::rollout::{UpgradeChunk, UpgradeOffer, UpgradeState, UpgradeStatus};
 use probe::{LinkProbe, ProbeStep};
 
 #[derive(Debug, Error)]
@@ -78,13 +77,6 @@ pub enum AgentEvent {
 /// Kernels per report chunk: keeps chunks far below the size limit and gives progress.
 const CHUNK: usize = 16;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 struct Profiling {
     request: ProfileRequest,
 }
@@ -116,7 +108,7 @@ pub async fn run(
         .spawn(move || profile_worker(timer, job_rx, chunk_tx, scale))
         .map_err(LinkError::Thread)?;
 
-    let mut life = AgentLife::new(now_ms());
+    let mut life = AgentLife::new(moirai_link::clock::now_ms());
     let will_topic = topics.agent(&name, TopicKind::Death);
     let will = |life: &AgentLife| {
         LastWill::new(
@@ -126,10 +118,8 @@ pub async fn run(
             false,
         )
     };
-    let mut opts = MqttOptions::new(name.clone(), cfg.broker.host.clone(), cfg.broker.port);
+    let mut opts = moirai_link::mqtt::options(name.clone(), &cfg.broker);
     opts.set_keep_alive(cfg.keep_alive);
-    opts.set_clean_session(true);
-    opts.set_max_packet_size(9 << 20, 9 << 20);
     opts.set_last_will(will(&life));
     cfg.security.apply(&mut opts);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
@@ -178,14 +168,14 @@ pub async fn run(
             Err(e) => warn!(%topic, error = %e, "publish dropped"),
         }
     };
-    let encoded = |m: &dyn Fn() -> Result<Vec<u8>, moirai_shared::wire::WireError>| match m() {
+    let encoded = |m: &dyn Fn() -> Result<Vec<u8>, moirai_core::wire::WireError>| match m() {
         Ok(b) => Some(b),
         Err(e) => {
             warn!(error = %e, "cannot encode");
             None
         }
     };
-    fn enc<M: WireMessage>(m: &M) -> Result<Vec<u8>, moirai_shared::wire::WireError> {
+    fn enc<M: WireMessage>(m: &M) -> Result<Vec<u8>, moirai_core::wire::WireError> {
         encode(m)
     }
 
@@ -221,7 +211,7 @@ pub async fn run(
                             Err(e) => debug!(error = %e, "orchestrator state dropped"),
                         },
                         Ok(Topic::Agent { name: n, kind: TopicKind::Refused }) if n.as_str() == name => {
-                            let why = moirai_shared::wire::refusal::read(&p.payload);
+                            let why = moirai_core::wire::refusal::read(&p.payload);
                             tracing::error!(reason = %why, "refused by the orchestrator; stopping");
                             refused = Some(why);
                             break;
@@ -348,7 +338,7 @@ pub async fn run(
                     }
                     if new_session {
                         warn!(bd_seq = life.bd_seq(), "this session was declared dead while connected; reconnecting as a new one");
-                        life.on_disconnected(now_ms());
+                        life.on_disconnected(moirai_link::clock::now_ms());
                         eventloop.mqtt_options.set_last_will(will(&life));
                         eventloop.network = None;
                         eventloop.pending.clear();
@@ -377,7 +367,7 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    life.on_disconnected(now_ms());
+                    life.on_disconnected(moirai_link::clock::now_ms());
                     eventloop.mqtt_options.set_last_will(will(&life));
                     publishes.clear();
                     probe = None;

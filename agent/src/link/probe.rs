@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use moirai_shared::wire::life::LinkStats;
+use moirai_core::wire::life::LinkStats;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Phase {

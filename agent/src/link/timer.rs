@@ -1,7 +1,7 @@
 //! [`KernelTimer`]s over the agent's profiler: the wgpu kernels on the chosen adapter, or
 //! the CPU executor when the board has none.
 
-use moirai_shared::kernel::KernelSignature;
+use moirai_core::kernel::KernelSignature;
 
 use super::{AdapterInfo, KernelTimer, TimerFactory};
 use crate::gpu::{AdapterChoice, GpuContext};

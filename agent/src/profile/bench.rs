@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use moirai_shared::kernel::{
+use moirai_core::kernel::{
     AttrValue as A, DType, FusedNode, KernelClass as C, KernelSignature, TensorShape,
 };
 
@@ -226,8 +226,8 @@ pub fn suite(mm: usize) -> Vec<(&'static str, KernelSignature)> {
     ]
 }
 
-fn row(label: &str, shape: &str, p: &KernelProfile) {
-    println!(
+fn row(label: &str, shape: &str, p: &KernelProfile) -> String {
+    format!(
         "{:<24} {:<26} {:>10.3} {:>7.1}% {:>9.2} {:>8.2}  {:?}",
         label,
         shape,
@@ -236,7 +236,7 @@ fn row(label: &str, shape: &str, p: &KernelProfile) {
         p.gflops(),
         p.gbytes(),
         p.clock
-    );
+    )
 }
 
 fn shape_of(s: &KernelSignature) -> String {
@@ -278,7 +278,7 @@ pub fn copy_bandwidth(ctx: &GpuContext, runs: usize) -> f64 {
     2.0 * bytes as f64 / med / 1e9
 }
 
-/// Runs the bench and prints it.
+/// Runs the bench, handing each line of its tables to `out` as it is measured.
 pub fn run(
     ctx: Option<&GpuContext>,
     mm: usize,
@@ -286,28 +286,29 @@ pub fn run(
     runs: usize,
     tract_threads: usize,
     only: Option<&str>,
+    out: &mut dyn FnMut(String),
 ) -> Result<(), ProfileError> {
     let picked = |label: &str| only.is_none_or(|o| label.contains(o));
     let header = || {
-        println!(
+        format!(
             "{:<24} {:<26} {:>10} {:>8} {:>9} {:>8}  clock",
             "kernel", "input", "median ms", "spread", "GFLOP/s", "GB/s"
         )
     };
     if let Some(ctx) = ctx {
         let bw = copy_bandwidth(ctx, runs);
-        println!(
+        out(format!(
             "adapter figures: {}; measured buffer copy {:.2} GB/s; wgpu reports no peak FLOP/s",
             ctx.report(),
             bw
-        );
+        ));
         let p = Profiler::new(Backend::Gpu(ctx), warmups, runs);
-        println!("\n== wgpu kernels on {} ==", ctx.info.name);
-        header();
+        out(format!("\n== wgpu kernels on {} ==", ctx.info.name));
+        out(header());
         for (label, s) in suite(mm).into_iter().filter(|(l, _)| picked(l)) {
             match p.profile(&s) {
-                Ok(r) => row(label, &shape_of(&s), &r),
-                Err(e) => println!("{label:<24} FAILED: {e}"),
+                Ok(r) => out(row(label, &shape_of(&s), &r)),
+                Err(e) => out(format!("{label:<24} FAILED: {e}")),
             }
         }
     }
@@ -317,8 +318,10 @@ pub fn run(
     } else {
         tract_threads
     };
-    println!("\n== tract (CPU executor) side by side, {cores} cores on this host ==");
-    header();
+    out(format!(
+        "\n== tract (CPU executor) side by side, {cores} cores on this host =="
+    ));
+    out(header());
     let cpu = Profiler::new(Backend::Cpu, warmups, runs);
     let mm_sig = matmul(mm);
     let mut configs = if picked("matmul") { vec![1] } else { vec![] };
@@ -334,8 +337,8 @@ pub fn run(
         tract_linalg::multithread::set_default_executor(exec);
         let label = format!("tract matmul {th} thr");
         match cpu.profile(&mm_sig) {
-            Ok(r) => row(&label, &shape_of(&mm_sig), &r),
-            Err(e) => println!("{label:<24} FAILED: {e}"),
+            Ok(r) => out(row(&label, &shape_of(&mm_sig), &r)),
+            Err(e) => out(format!("{label:<24} FAILED: {e}")),
         }
     }
     tract_linalg::multithread::set_default_executor(
@@ -344,8 +347,8 @@ pub fn run(
     if ctx.is_none() {
         for (label, s) in suite(mm).into_iter().skip(1).filter(|(l, _)| picked(l)) {
             match cpu.profile(&s) {
-                Ok(r) => row(label, &shape_of(&s), &r),
-                Err(e) => println!("{label:<24} FAILED: {e}"),
+                Ok(r) => out(row(label, &shape_of(&s), &r)),
+                Err(e) => out(format!("{label:<24} FAILED: {e}")),
             }
         }
     }

@@ -16,7 +16,7 @@ pub mod store;
 
 use std::time::Instant;
 
-use moirai_shared::kernel::{KernelClass, KernelSignature, TensorShape};
+use moirai_core::kernel::{KernelClass, KernelSignature, TensorShape};
 use serde::{Deserialize, Serialize};
 
 use crate::exec::cpu::{CpuError, CpuKernel};

@@ -179,26 +179,31 @@ pub fn measure(ctx: &GpuContext, n: usize, runs: usize) -> Result<ProbeFigures, 
     })
 }
 
-/// Prints the probes next to what the matmul kernel reached.
-pub fn report(ctx: &GpuContext, n: usize, runs: usize) -> Result<(), ProfileError> {
+/// The probes next to what the matmul kernel reached, one line at a time to `out`.
+pub fn report(
+    ctx: &GpuContext,
+    n: usize,
+    runs: usize,
+    out: &mut dyn FnMut(String),
+) -> Result<(), ProfileError> {
     let f = measure(ctx, n, runs)?;
-    println!(
+    out(format!(
         "\n== where a matmul's time goes on {} (N={n}) ==",
         ctx.info.name
-    );
-    println!(
+    ));
+    out(format!(
         "ALU ceiling (FMA-only inner loop, {TM}x{TN} tile): {:.1} GFLOP/s",
         f.alu_gflops
-    );
-    println!(
+    ));
+    out(format!(
         "storage loads (vec4 per invocation): {:.2} G floats/s",
         f.load_gfloats
-    );
+    ));
     for (tm, tn) in [(4, 8), (8, 16), (16, 16)] {
-        println!(
+        out(format!(
             "  load bound of a {tm}x{tn} register tile: {:.1} GFLOP/s",
             f.load_bound(tm, tn)
-        );
+        ));
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-use moirai_shared::kernel::{AttrValue as A, KernelClass as C};
+use moirai_core::kernel::{AttrValue as A, KernelClass as C};
 
 use super::*;
 use crate::kernels::testutil::{f32s, gpu, node, sig};

@@ -1,11 +1,38 @@
 //! `moirai bench DIR`: every method on every profiled graph in a folder.
 
 use anyhow::{bail, Context, Result};
-use moirai_orchestrator::import::profiled;
+use moirai_model::import::profiled;
 use moirai_orchestrator::report::table;
 
+use super::plan::SearchArgs;
 use super::plan::{methods, options, run_methods};
-use crate::cli::{BenchArgs, BenchScaleArgs};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// A folder of profiled-graph/v1 JSON files.
+    pub dir: PathBuf,
+    /// Methods to run, comma-separated (default: all).
+    #[arg(long)]
+    pub methods: Option<String>,
+    #[command(flatten)]
+    pub search: SearchArgs,
+    /// Also write the CSV to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchScaleArgs {
+    /// A profiled-graph/v1 JSON file (e.g. the transformer sample).
+    #[arg(long)]
+    pub graph: PathBuf,
+    /// Sub-graph sizes, comma-separated.
+    #[arg(long, default_value = "100,300,700,1373")]
+    pub sizes: String,
+    #[command(flatten)]
+    pub search: SearchArgs,
+}
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let opts = options(&args.search)?;
@@ -41,7 +68,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// The first `n` ops of `g` in topological order, with the edges among them.
-fn prefix(g: &moirai_shared::Graph, n: usize) -> Result<moirai_shared::Graph> {
+fn prefix(g: &moirai_core::Graph, n: usize) -> Result<moirai_core::Graph> {
     let keep: Vec<_> = g.topo_order().iter().take(n).copied().collect();
     let mut index = vec![None; g.num_ops()];
     for (i, op) in keep.iter().enumerate() {
@@ -53,14 +80,14 @@ fn prefix(g: &moirai_shared::Graph, n: usize) -> Result<moirai_shared::Graph> {
         .iter()
         .filter_map(|e| {
             let (s, d) = (index[e.src.index()]?, index[e.dst.index()]?);
-            Some(moirai_shared::graph::Edge {
+            Some(moirai_core::graph::Edge {
                 src: s.into(),
                 dst: d.into(),
                 ..e.clone()
             })
         })
         .collect();
-    Ok(moirai_shared::Graph::new(
+    Ok(moirai_core::Graph::new(
         format!("{}[:{}]", g.name, keep.len()),
         g.devices().to_vec(),
         ops,

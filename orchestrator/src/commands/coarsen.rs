@@ -6,15 +6,50 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use moirai_core::cost::ProfileTable;
+use moirai_core::device::Backend;
+use moirai_core::graph::format;
+use moirai_model::coarsen::{coarsen, rules::RuleSet, CoarseGraph};
+use moirai_model::import::onnx::{self, ImportOptions};
 use moirai_orchestrator::cluster;
-use moirai_orchestrator::coarsen::{coarsen, rules::RuleSet, CoarseGraph};
 use moirai_orchestrator::costing;
-use moirai_orchestrator::import::onnx::{self, ImportOptions};
-use moirai_shared::cost::ProfileTable;
-use moirai_shared::device::Backend;
-use moirai_shared::graph::format;
 
-use crate::cli::CoarsenArgs;
+use std::path::PathBuf;
+
+/// How an ONNX model becomes a costed graph (with --model).
+#[derive(clap::Args, Debug, Clone)]
+pub struct OnnxArgs {
+    /// Fusion rules of this backend: wgpu or cpu.
+    #[arg(long, default_value = "wgpu")]
+    pub backend: String,
+    /// Folder of board files (default: beside the cluster file, then its parent).
+    #[arg(long)]
+    pub boards: Option<PathBuf>,
+    /// Measured kernel times (moirai-profiles/v1 JSON) replacing the roofline.
+    #[arg(long)]
+    pub profiles: Option<PathBuf>,
+    /// Value of a symbolic input dimension, NAME=VALUE (repeatable).
+    #[arg(long)]
+    pub dim: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CoarsenArgs {
+    /// ONNX model(s) to coarsen.
+    #[arg(long, required = true, num_args = 1..)]
+    pub model: Vec<PathBuf>,
+    /// A cluster TOML: cost the fused ops on its devices.
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    #[command(flatten)]
+    pub onnx: OnnxArgs,
+    /// Write the costed profiled-graph/v1 JSON here (one model, needs --cluster).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// One Markdown table row per model instead of the signature lists.
+    #[arg(long)]
+    pub table: bool,
+}
 
 /// The backend a `--backend` value names.
 pub fn backend(name: &str) -> Result<Backend> {

@@ -3,12 +3,61 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use moirai_orchestrator::import::profiled;
+use moirai_core::Graph;
+use moirai_model::import::profiled;
 use moirai_orchestrator::place::{self, Method, PlaceOptions, Plan};
 use moirai_orchestrator::report::{gantt, table};
-use moirai_shared::Graph;
 
-use crate::cli::{PlanArgs, SearchArgs};
+use std::path::PathBuf;
+
+/// Where the graph comes from and how to place it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// A profiled-graph/v1 JSON file.
+    #[arg(long, conflicts_with = "model")]
+    pub graph: Option<PathBuf>,
+    /// An ONNX model (needs --cluster).
+    #[arg(long, requires = "cluster")]
+    pub model: Option<PathBuf>,
+    /// A cluster TOML naming devices and links (with --model).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    #[command(flatten)]
+    pub onnx: super::coarsen::OnnxArgs,
+    /// Method name (single, heft, mtopo, metf, msct, getf, moirai) or `all`.
+    #[arg(long, default_value = "moirai")]
+    pub method: String,
+    #[command(flatten)]
+    pub search: SearchArgs,
+    /// Write the schedule of the chosen method (with `all`, the best) as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Draw that schedule as an SVG Gantt chart.
+    #[arg(long)]
+    pub gantt: Option<PathBuf>,
+    /// Print the final schedule as JSON on stdout (and the table on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Budget and determinism of the anytime placer.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// Wall-clock budget of the Moirai placer, in seconds (fractions allowed).
+    #[arg(long, default_value_t = 10.0)]
+    pub time_limit: f64,
+    /// Seed of the search (same seed and threads, same plan).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Stop each search thread after this many simulated schedules: the plan then depends
+    /// only on the seed, the threads and this count, not on the machine's speed (give a
+    /// generous --time-limit).
+    #[arg(long)]
+    pub max_evals: Option<u64>,
+}
 
 /// Place options from the command line.
 pub fn options(s: &SearchArgs) -> Result<PlaceOptions> {

@@ -12,24 +12,24 @@
 //! the debounce, until no online class is being profiled (or its profiling timed out; then
 //! the roofline stands in for what is missing).
 
+pub mod debounce;
 pub mod life;
 pub mod model;
 pub mod registry;
-pub mod store;
 pub mod view;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use moirai_shared::kernel::KernelSignature;
-use moirai_shared::wire::life::{Birth, Command, Death, Heartbeat};
-use moirai_shared::wire::profile::{ProfileReport, ProfileRequest};
+use moirai_core::kernel::KernelSignature;
+use moirai_core::wire::life::{Birth, Command, Death, Heartbeat};
+use moirai_core::wire::profile::{ProfileReport, ProfileRequest};
 use tracing::{info, warn};
 
-use crate::replan::Debouncer;
+use debounce::Debouncer;
 use life::Transition;
+use moirai_core::cost::ProfileTable;
 use registry::FleetRegistry;
-use store::{Measured, ProfileStore};
 
 /// Timing knobs of the fleet.
 #[derive(Clone, Debug)]
@@ -117,7 +117,7 @@ pub struct DropCounts {
 pub struct Fleet {
     config: FleetConfig,
     registry: FleetRegistry,
-    store: ProfileStore,
+    store: ProfileTable,
     /// The model's distinct kernels.
     signatures: Vec<KernelSignature>,
     profiling: BTreeMap<String, Profiling>,
@@ -127,7 +127,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(config: FleetConfig, store: ProfileStore, signatures: Vec<KernelSignature>) -> Self {
+    pub fn new(config: FleetConfig, store: ProfileTable, signatures: Vec<KernelSignature>) -> Self {
         let debounce = Debouncer::new(config.debounce, config.max_debounce);
         Self {
             config,
@@ -145,7 +145,7 @@ impl Fleet {
         &self.registry
     }
 
-    pub fn store(&self) -> &ProfileStore {
+    pub fn store(&self) -> &ProfileTable {
         &self.store
     }
 
@@ -315,15 +315,7 @@ impl Fleet {
         }
         for e in &report.entries {
             if e.time_ms.is_finite() && e.time_ms >= 0.0 {
-                self.store.insert(
-                    &board,
-                    &e.key,
-                    Measured {
-                        time_ms: e.time_ms,
-                        agent: name.to_string(),
-                        emulation_scale: report.emulation_scale,
-                    },
-                );
+                self.store.insert(&board, &e.key, e.time_ms);
             }
         }
         for f in &report.failures {
@@ -347,8 +339,8 @@ impl Fleet {
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    use moirai_shared::wire::life::Birth;
-    use moirai_shared::wire::truncated;
+    use moirai_core::wire::life::Birth;
+    use moirai_core::wire::truncated;
 
     /// A birth of agent `name` of board class `board`.
     pub fn birth(name: &str, board: &str, bd_seq: u64) -> Birth {
@@ -362,7 +354,7 @@ pub(crate) mod testutil {
             mem_gbps: 10.0,
             emulation_scale: None,
             agent_version: truncated("0.1.0"),
-            protocol: moirai_shared::wire::PROTOCOL_VERSION,
+            protocol: moirai_core::wire::PROTOCOL_VERSION,
             bd_seq,
         }
     }
@@ -372,8 +364,8 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::birth;
     use super::*;
-    use moirai_shared::kernel::{DType, FusedNode, KernelClass, TensorShape};
-    use moirai_shared::wire::profile::ProfileEntry;
+    use moirai_core::kernel::{DType, FusedNode, KernelClass, TensorShape};
+    use moirai_core::wire::profile::ProfileEntry;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -451,16 +443,8 @@ mod tests {
 
     #[test]
     fn a_burst_of_joins_of_a_known_class_causes_one_replan_after_the_debounce() {
-        let mut store = ProfileStore::new();
-        store.insert(
-            "pi5",
-            &sig(4).key(),
-            Measured {
-                time_ms: 1.0,
-                agent: "old".into(),
-                emulation_scale: None,
-            },
-        );
+        let mut store = ProfileTable::new();
+        store.insert("pi5", &sig(4).key(), 1.0);
         let mut f = Fleet::new(config(), store, vec![sig(4)]);
         let mut total = 0;
         for (i, t) in [0u64, 3, 6].into_iter().enumerate() {
@@ -482,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_new_class_is_profiled_once_and_the_replan_waits_for_it() {
-        let mut f = Fleet::new(config(), ProfileStore::new(), vec![sig(4), sig(8)]);
+        let mut f = Fleet::new(config(), ProfileTable::new(), vec![sig(4), sig(8)]);
         let out = f.handle(Inbound::Birth(birth("a", "orin", 1)), Duration::ZERO);
         let out2 = f.handle(Inbound::Birth(birth("b", "orin", 1)), MS);
         assert!(!out2.iter().any(|o| matches!(o, Outbound::Profile { .. })));
@@ -496,7 +480,7 @@ mod tests {
 
     #[test]
     fn a_report_from_a_stranger_or_an_old_session_is_dropped() {
-        let mut f = Fleet::new(config(), ProfileStore::new(), vec![sig(4)]);
+        let mut f = Fleet::new(config(), ProfileTable::new(), vec![sig(4)]);
         let out = f.handle(Inbound::Birth(birth("a", "orin", 2)), Duration::ZERO);
         answer(&mut f, &out, 1, MS);
         assert_eq!(f.drops.unexpected_reports, 1);
@@ -505,16 +489,8 @@ mod tests {
 
     #[test]
     fn a_silent_agent_is_declared_dead_and_triggers_a_replan() {
-        let mut store = ProfileStore::new();
-        store.insert(
-            "pi5",
-            &sig(4).key(),
-            Measured {
-                time_ms: 1.0,
-                agent: "x".into(),
-                emulation_scale: None,
-            },
-        );
+        let mut store = ProfileTable::new();
+        store.insert("pi5", &sig(4).key(), 1.0);
         let mut f = Fleet::new(config(), store, vec![sig(4)]);
         f.handle(Inbound::Birth(birth("a", "pi5", 1)), Duration::ZERO);
         f.handle(Inbound::Birth(birth("b", "pi5", 1)), Duration::ZERO);
@@ -549,7 +525,7 @@ mod tests {
 
     #[test]
     fn a_late_last_will_after_a_restart_changes_nothing() {
-        let mut f = Fleet::new(config(), ProfileStore::new(), vec![]);
+        let mut f = Fleet::new(config(), ProfileTable::new(), vec![]);
         f.handle(Inbound::Birth(birth("a", "pi5", 1)), Duration::ZERO);
         assert_eq!(replans(&f.tick(20 * MS)), 1);
         let out = f.handle(Inbound::Birth(birth("a", "pi5", 2)), 30 * MS);

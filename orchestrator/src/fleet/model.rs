@@ -1,54 +1,45 @@
-//! [`FleetModel`]: a model as the fleet plans it (kernels with signatures, tensors between
-//! them, independent of any device), built from a coarsened ONNX model, and the costed
-//! [`Graph`] for a set of online agents ([`FleetModel::graph_for`]): measured times where the
-//! profile store has them, the roofline of the agent's board elsewhere, and transfers
-//! through the broker at the agents' measured link rates.
+//! The online agents as the placer costs them. An [`OnlineAgent`] is what the fleet knows of
+//! an agent: its board class and figures (from its Birth) and the link rates it measured.
+//! [`graph_for`] turns them into [`PlanDevice`]s and [`Links`] through the broker and builds
+//! the costed graph the one way every caller does ([`moirai_core::cost::plan::costed_graph`]):
+//! `moirai plan` on a cluster file with the same boards, table and links costs every kernel
+//! and transfer identically.
 
-use moirai_shared::cost::resident_bytes;
-use moirai_shared::graph::{Device, Edge, Op};
-use moirai_shared::kernel::KernelSignature;
-use moirai_shared::wire::life::LinkStats;
-use moirai_shared::{Graph, OpId};
-
-use super::store::ProfileStore;
-use crate::coarsen::CoarseGraph;
-use crate::replan::ReplanError;
+use moirai_core::cost::plan::{costed_graph, CostSources, PlanDevice, PlanError, PlanModel};
+use moirai_core::cost::ProfileTable;
+use moirai_core::device::{Backend, BoardSpec, ComputeSpec, MemorySpec, NetworkSpec, RuntimeSpec};
+use moirai_core::link::Links;
+use moirai_core::wire::life::{Birth, LinkStats};
+use moirai_core::Graph;
 
 /// One online agent as the planner sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PlanDevice {
+pub struct OnlineAgent {
     pub name: String,
-    pub board: String,
+    /// Its board class: the figures its kernels are costed with and the key of its profiles.
+    pub board: BoardSpec,
+    /// Memory it offers the plan.
     pub memory_bytes: u64,
-    pub peak_gflops: f64,
-    pub mem_gbps: f64,
+    /// The rates it measured to and from the broker, once it has.
     pub link: Option<LinkStats>,
 }
 
-/// One kernel of the model.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelOp {
-    pub name: String,
-    pub signature: KernelSignature,
-    /// Bytes it keeps resident (its weights).
-    pub memory_bytes: u64,
-}
-
-/// A tensor from one kernel to another.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelEdge {
-    pub src: usize,
-    pub dst: usize,
-    pub tensor: String,
-    pub bytes: u64,
-}
-
-/// A model as the fleet plans it: coarsened kernels with signatures, independent of devices.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FleetModel {
-    pub name: String,
-    pub ops: Vec<ModelOp>,
-    pub edges: Vec<ModelEdge>,
+impl OnlineAgent {
+    /// An agent as its Birth declares it, with the link it measured (if any).
+    pub fn from_birth(birth: &Birth, link: Option<LinkStats>) -> OnlineAgent {
+        OnlineAgent {
+            name: birth.name.to_string(),
+            board: declared_board(
+                &birth.board,
+                &birth.backend,
+                f64::from(birth.peak_gflops),
+                f64::from(birth.mem_gbps),
+                birth.memory_bytes,
+            ),
+            memory_bytes: birth.memory_bytes,
+            link,
+        }
+    }
 }
 
 /// Link assumed for an agent that has not measured its own yet (bytes per second).
@@ -56,131 +47,79 @@ pub const DEFAULT_LINK_BPS: f64 = 12.5e6;
 /// Latency of one hop through the broker, added to every transfer (ms).
 pub const HOP_LATENCY_MS: f64 = 0.5;
 
-/// How many op costs came from measurements and how many from the roofline.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Coverage {
-    pub measured: usize,
-    pub roofline: usize,
-}
-
-impl FleetModel {
-    /// Distinct kernel signatures, by key, in first-use order.
-    pub fn signatures(&self) -> Vec<KernelSignature> {
-        let mut seen = std::collections::BTreeSet::new();
-        self.ops
-            .iter()
-            .filter(|o| seen.insert(o.signature.key()))
-            .map(|o| o.signature.clone())
-            .collect()
-    }
-
-    /// Roofline time of a kernel on a device: the slower of compute and memory traffic.
-    pub fn roofline_ms(sig: &KernelSignature, d: &PlanDevice) -> f64 {
-        let compute = sig.flops as f64 / (d.peak_gflops.max(1e-3) * 1e9);
-        let memory = sig.bytes as f64 / (d.mem_gbps.max(1e-3) * 1e9);
-        compute.max(memory) * 1e3
-    }
-
-    /// The costed graph on `devices`.
-    pub fn graph_for(
-        &self,
-        devices: &[PlanDevice],
-        store: &ProfileStore,
-    ) -> Result<(Graph, Coverage), ReplanError> {
-        let mut cov = Coverage::default();
-        let ops = self
-            .ops
-            .iter()
-            .map(|o| {
-                let key = o.signature.key();
-                let time_ms = devices
-                    .iter()
-                    .map(|d| match store.get(&d.board, &key) {
-                        Some(m) => {
-                            cov.measured += 1;
-                            m.time_ms
-                        }
-                        None => {
-                            cov.roofline += 1;
-                            Self::roofline_ms(&o.signature, d)
-                        }
-                    })
-                    .collect();
-                Op {
-                    name: o.name.clone(),
-                    time_ms,
-                    memory_bytes: o.memory_bytes,
-                    kernel: Some(key),
-                }
-            })
-            .collect();
-        let k = devices.len();
-        let bps = |d: &PlanDevice, up: bool| {
-            d.link
-                .map(|l| if up { l.up_bps } else { l.down_bps } as f64)
-                .filter(|b| *b > 0.0)
-                .unwrap_or(DEFAULT_LINK_BPS)
-        };
-        let edges = self
-            .edges
-            .iter()
-            .map(|e| {
-                let mut transfer_ms = vec![0.0; k * k];
-                for (a, da) in devices.iter().enumerate() {
-                    for (b, db) in devices.iter().enumerate() {
-                        if a != b {
-                            // Through the broker: up from a, then down to b.
-                            transfer_ms[a * k + b] = e.bytes as f64 / bps(da, true) * 1e3
-                                + e.bytes as f64 / bps(db, false) * 1e3
-                                + HOP_LATENCY_MS;
-                        }
-                    }
-                }
-                Edge {
-                    src: OpId::from(e.src),
-                    dst: OpId::from(e.dst),
-                    transfer_ms,
-                    tensor: Some(e.tensor.clone()),
-                }
-            })
-            .collect();
-        let devs = devices
-            .iter()
-            .map(|d| Device {
-                name: d.name.clone(),
-                memory_bytes: d.memory_bytes,
-            })
-            .collect();
-        let g = Graph::new(self.name.clone(), devs, ops, edges)
-            .map_err(|source| ReplanError::Graph { devices: k, source })?;
-        Ok((g, cov))
+/// A board class from what an agent declares of it: the figures of its Birth (peak FP32 rate,
+/// memory bandwidth, memory), everything else neutral (no launch overhead, the NIC as fast as
+/// the measured link).
+pub fn declared_board(
+    class: &str,
+    backend: &str,
+    peak_gflops: f64,
+    mem_gbps: f64,
+    memory_bytes: u64,
+) -> BoardSpec {
+    let mb = memory_bytes >> 20;
+    BoardSpec {
+        name: class.to_string(),
+        description: "declared by the agent".into(),
+        backend: if backend == "cpu" {
+            Backend::Cpu
+        } else {
+            Backend::Wgpu
+        },
+        compute: ComputeSpec {
+            f32_gflops: peak_gflops,
+            f16_gflops: None,
+            int8_gops: None,
+        },
+        memory: MemorySpec {
+            bandwidth_gbps: mem_gbps,
+            capacity_mb: mb,
+            usable_mb: mb,
+        },
+        runtime: RuntimeSpec {
+            launch_overhead_us: 0.0,
+        },
+        network: NetworkSpec {
+            nic_mbps: f64::INFINITY,
+        },
     }
 }
 
-impl FleetModel {
-    /// The fused groups of a coarsened model as kernels, the tensors between them as edges.
-    pub fn from_coarse(c: &CoarseGraph) -> FleetModel {
-        FleetModel {
-            name: c.model.clone(),
-            ops: c
-                .groups
-                .iter()
-                .map(|g| ModelOp {
-                    name: g.name.clone(),
-                    signature: g.signature.clone(),
-                    memory_bytes: resident_bytes(g.param_bytes, g.output_bytes),
-                })
-                .collect(),
-            edges: c
-                .edges
-                .iter()
-                .map(|e| ModelEdge {
-                    src: e.src,
-                    dst: e.dst,
-                    tensor: e.tensor.clone(),
-                    bytes: e.bytes,
-                })
-                .collect(),
-        }
-    }
+/// Each agent's measured rates (Mbit/s) up to and down from the broker.
+fn rates(agents: &[OnlineAgent]) -> (Vec<f64>, Vec<f64>) {
+    let mbps = |d: &OnlineAgent, up: bool| {
+        let bps = d
+            .link
+            .map(|l| if up { l.up_bps } else { l.down_bps } as f64)
+            .filter(|b| *b > 0.0)
+            .unwrap_or(DEFAULT_LINK_BPS);
+        bps * 8.0 / 1e6
+    };
+    (
+        agents.iter().map(|d| mbps(d, true)).collect(),
+        agents.iter().map(|d| mbps(d, false)).collect(),
+    )
+}
+
+/// The paths between the agents: through the broker, at their measured rates.
+pub fn broker_links(agents: &[OnlineAgent]) -> Links {
+    let (up, down) = rates(agents);
+    Links::through_broker(&up, &down, HOP_LATENCY_MS)
+}
+
+/// The costed graph of `model` on the online `agents`.
+pub fn graph_for(
+    model: &PlanModel,
+    agents: &[OnlineAgent],
+    profiles: &ProfileTable,
+) -> Result<(Graph, CostSources), PlanError> {
+    let devices: Vec<PlanDevice> = agents
+        .iter()
+        .map(|a| PlanDevice {
+            name: a.name.clone(),
+            board: a.board.clone(),
+            memory_bytes: a.memory_bytes,
+        })
+        .collect();
+    costed_graph(model, &devices, &broker_links(agents), Some(profiles))
 }

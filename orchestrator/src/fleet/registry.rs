@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use moirai_shared::wire::life::{Birth, Death, Heartbeat, LinkStats};
+use moirai_core::wire::life::{Birth, Death, Heartbeat, LinkStats};
 
 use super::life::{Liveness, Session, Transition};
 

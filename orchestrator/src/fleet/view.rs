@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use moirai_shared::wire::data::ServingStats;
-use moirai_shared::wire::life::{FleetRow, FleetSnapshot};
-use moirai_shared::wire::truncated;
+use moirai_core::wire::data::ServingStats;
+use moirai_core::wire::life::{FleetRow, FleetSnapshot};
+use moirai_core::wire::truncated;
 
 use super::life::Liveness;
 use super::Fleet;
@@ -168,14 +168,14 @@ pub fn table(s: &FleetSnapshot, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::store::ProfileStore;
     use crate::fleet::testutil::birth;
     use crate::fleet::{FleetConfig, Inbound};
-    use moirai_shared::wire::life::Death;
+    use moirai_core::cost::ProfileTable;
+    use moirai_core::wire::life::Death;
 
     #[test]
     fn the_table_shows_online_and_dead_agents_with_their_sessions() {
-        let mut f = Fleet::new(FleetConfig::default(), ProfileStore::new(), vec![]);
+        let mut f = Fleet::new(FleetConfig::default(), ProfileTable::new(), vec![]);
         f.handle(Inbound::Birth(birth("alpha", "pi5", 11)), Duration::ZERO);
         f.handle(Inbound::Birth(birth("beta", "orin", 12)), Duration::ZERO);
         f.handle(

@@ -20,13 +20,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use moirai_shared::tensor::{Number, TensorValue};
-use moirai_shared::wire::data::TensorSpec;
+use moirai_core::tensor::{Number, TensorValue};
+use moirai_core::wire::data::TensorSpec;
 
-use super::requests::Tensor;
-use super::run::percentile;
-use super::session::{Metrics, SessionHandle};
-use super::{tensor, InferError};
+use super::session::{InferEvent, Metrics, SessionHandle};
+use super::InferError;
+use moirai_core::stats::percentile;
+use moirai_core::wire::BrokerAddr;
+use moirai_model::loaded::LoadedModel;
+use moirai_model::tensor_proto as tensor;
+use moirai_model::tensor_proto::NamedTensor;
+use tokio::sync::mpsc;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 << 20;
@@ -41,7 +45,7 @@ struct JsonTensor {
 }
 
 impl JsonTensor {
-    fn of(t: Tensor) -> JsonTensor {
+    fn of(t: NamedTensor) -> JsonTensor {
         use serde_json::Value;
         let values = t
             .value
@@ -64,7 +68,7 @@ impl JsonTensor {
     }
 
     /// The tensor in the element type the model gives this input.
-    fn into_tensor(self, specs: &[TensorSpec]) -> Result<Tensor, String> {
+    fn into_tensor(self, specs: &[TensorSpec]) -> Result<NamedTensor, String> {
         use serde_json::Value;
         let spec = specs
             .iter()
@@ -90,7 +94,7 @@ impl JsonTensor {
             .collect::<Result<Vec<Number>, String>>()?;
         let value = TensorValue::from_numbers(spec.dtype, &self.dims, &numbers)
             .map_err(|e| format!("input `{}`: {e}", self.name))?;
-        Ok(Tensor {
+        Ok(NamedTensor {
             name: self.name,
             value,
         })
@@ -365,7 +369,7 @@ async fn handle(mut s: TcpStream, session: SessionHandle, specs: Arc<Vec<TensorS
             } else {
                 match serde_json::from_slice::<InferBody>(&req.body) {
                     Ok(b) => {
-                        let typed: Result<Vec<Tensor>, String> = b
+                        let typed: Result<Vec<NamedTensor>, String> = b
                             .inputs
                             .into_iter()
                             .map(|t| t.into_tensor(&specs))
@@ -511,6 +515,39 @@ pub fn call(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((status, head, all[end + 4..].to_vec()))
+}
+
+/// Starts a session on `broker` (every agent that says hello gets a share, placed by the
+/// Moirai placer) and its HTTP endpoint on `listen`, both running until the process ends.
+/// Returns the session's events, for whoever shows them (`moirai serve --infer-listen`).
+pub async fn serve_session(
+    broker: BrokerAddr,
+    prefix: String,
+    model: Arc<LoadedModel>,
+    listen: std::net::SocketAddr,
+) -> Result<mpsc::UnboundedReceiver<InferEvent>, InferError> {
+    let opts = super::session::SessionOptions {
+        broker,
+        prefix,
+        placement: super::model::Placement::Moirai {
+            time_limit: Duration::from_millis(1000),
+        },
+        min_agents: 1,
+        request_timeout: Duration::from_secs(60),
+        debounce: Duration::from_millis(500),
+        profiles: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| InferError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (handle, _task) =
+        super::session::start(opts, model.clone(), ev_tx, std::future::pending())?;
+    tokio::spawn(serve(listener, handle, model.inputs().to_vec()));
+    Ok(ev_rx)
 }
 
 #[cfg(test)]

@@ -1,27 +1,19 @@
 //! Distributed inference: the model runs where it was placed.
 //!
-//! - [`model`]: [`model::InferModel`] (imported, coarsened, hashed, with its weights) and one
-//!   plan epoch ([`model::plan_epoch`]).
-//! - [`split`]: a placement cut into one [`moirai_shared::wire::data::SubgraphSpec`] per agent.
-//! - [`submodel`]: an agent's nodes and exactly their weights as a standalone ONNX model
-//!   (what agents execute; built by the agent from a hash-checked local copy, or streamed).
+//! The model itself ([`moirai_model::loaded::LoadedModel`]), the split of a placement into
+//! shares and the sub-models live in `moirai-model`; here:
+//! - [`model`]: one plan epoch ([`model::plan_epoch`]).
 //! - [`requests`]: the requests in flight, a pure state machine (epochs, reruns, outputs).
 //! - [`session`]: the MQTT loop on the orchestrator: plans, weights, inputs, outputs.
-//! - [`tensor`]: ONNX `TensorProto` files (`input_0.pb`) in and out.
 //! - [`run`]: `moirai run`, a local fleet for one distributed inference (and `--bench`,
 //!   `--serve`).
 //! - [`http`]: `POST /v1/infer`, `GET /v1/metrics` (Prometheus text).
-//! - [`client`]: `moirai infer` against that endpoint.
 
-pub mod client;
 pub mod http;
 pub mod model;
 pub mod requests;
 pub mod run;
 pub mod session;
-pub mod split;
-pub mod submodel;
-pub mod tensor;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,15 +27,17 @@ pub enum InferError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Import(#[from] crate::import::onnx::ImportError),
+    Import(#[from] moirai_model::import::onnx::ImportError),
     #[error(transparent)]
-    Submodel(#[from] submodel::SubmodelError),
+    Load(#[from] moirai_model::loaded::LoadError),
     #[error(transparent)]
-    Split(#[from] split::SplitError),
+    Submodel(#[from] moirai_model::submodel::SubmodelError),
     #[error(transparent)]
-    Wire(#[from] moirai_shared::wire::WireError),
+    Split(#[from] moirai_model::split::SplitError),
     #[error(transparent)]
-    Tensor(#[from] tensor::TensorError),
+    Wire(#[from] moirai_core::wire::WireError),
+    #[error(transparent)]
+    Tensor(#[from] moirai_model::tensor_proto::TensorError),
     #[error("the request lacks the model input `{0}`")]
     MissingInput(String),
     #[error("input `{name}` is {got}; the model takes {want}")]
@@ -58,6 +52,19 @@ pub enum InferError {
     Refused { agent: String, reason: String },
     #[error("agent {agent} failed the request: {reason}")]
     AgentFailed { agent: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no agent to plan on")]
+    NoAgent,
+    #[error(transparent)]
+    Profiles(#[from] moirai_model::profiles::StoreError),
+    #[error(transparent)]
+    Graph(#[from] moirai_core::cost::plan::PlanError),
+    #[error(transparent)]
+    Place(#[from] crate::place::PlaceError),
     #[error("planning failed: {0}")]
     Plan(String),
     #[error("no answer within {0:?}")]

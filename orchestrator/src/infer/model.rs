@@ -1,22 +1,17 @@
-//! The model as inference needs it ([`InferModel`]: the imported and coarsened graph, the
-//! protobuf with its weights, the file's SHA-256) and one plan epoch ([`plan_epoch`]): place
-//! the fused groups on the agents, cut the placement into subgraphs.
+//! One plan epoch ([`plan_epoch`]) of a [`LoadedModel`]: place the fused groups on the agents,
+//! cut the placement into subgraphs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use moirai_shared::wire::data::TensorSpec;
-use moirai_shared::DeviceId;
-use tract_onnx::pb;
+use moirai_core::cost::ProfileTable;
+use moirai_core::DeviceId;
+use moirai_model::loaded::LoadedModel;
+use moirai_model::split::{split, Split};
 
-use super::split::{spec_of, split, Split};
-use super::submodel;
 use super::InferError;
-use crate::coarsen::CoarseGraph;
-use crate::fleet::model::{FleetModel, PlanDevice};
-use crate::fleet::store::ProfileStore;
-use crate::import::onnx::OnnxModel;
+use crate::fleet::model::{graph_for, OnlineAgent};
 
 /// How groups are placed on the agents.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,108 +23,10 @@ pub enum Placement {
     Pipeline,
 }
 
-/// A model ready to be planned and served.
-pub struct InferModel {
-    pub onnx: OnnxModel,
-    pub coarse: CoarseGraph,
-    pub fleet: FleetModel,
-    proto: pb::ModelProto,
-    pub sha256: [u8; 32],
-    inputs: Vec<TensorSpec>,
-    outputs: Vec<TensorSpec>,
-}
-
-impl InferModel {
-    /// Reads, hashes, imports and coarsens the model file with the fusion rules of the
-    /// agents' default executor (wgpu: the fused WGSL kernels).
-    pub fn load(path: &Path) -> Result<Self, InferError> {
-        Self::load_for(path, moirai_shared::device::Backend::Wgpu)
-    }
-
-    /// [`InferModel::load`] for agents running `executor`: its fusion rules make the groups,
-    /// so the kernel keys match what `moirai-agent profile --backend <executor>` measures.
-    pub fn load_for(
-        path: &Path,
-        executor: moirai_shared::device::Backend,
-    ) -> Result<Self, InferError> {
-        let bytes = std::fs::read(path).map_err(|source| InferError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let sha256 = submodel::sha256(&bytes);
-        let proto = submodel::decode_model(&bytes)?;
-        let opts = crate::import::onnx::ImportOptions {
-            require_weights: true,
-            ..Default::default()
-        };
-        let onnx = crate::import::onnx::from_proto(&proto, path, &opts)?;
-        let coarse = crate::coarsen::coarsen(
-            &onnx,
-            &crate::coarsen::rules::RuleSet::for_backend(executor),
-        );
-        let fleet = FleetModel::from_coarse(&coarse);
-        let spec = |t: &String| -> Result<TensorSpec, InferError> { Ok(spec_of(&onnx, t)?) };
-        let inputs = onnx.inputs.iter().map(spec).collect::<Result<_, _>>()?;
-        let outputs = onnx.outputs.iter().map(spec).collect::<Result<_, _>>()?;
-        Ok(InferModel {
-            onnx,
-            coarse,
-            fleet,
-            proto,
-            sha256,
-            inputs,
-            outputs,
-        })
-    }
-
-    pub fn proto(&self) -> &pb::ModelProto {
-        &self.proto
-    }
-
-    pub fn inputs(&self) -> &[TensorSpec] {
-        &self.inputs
-    }
-
-    pub fn outputs(&self) -> &[TensorSpec] {
-        &self.outputs
-    }
-
-    /// Weight bytes of a node list (nodes named by their first output).
-    pub fn weight_bytes(&self, nodes: &[String]) -> u64 {
-        submodel::weight_bytes(&self.proto, nodes)
-    }
-}
-
 /// Measured kernel times from a `moirai-profiles/v1` table (what `moirai-agent profile`
-/// writes) as the fleet's profile store; a missing file is an empty store.
-pub fn load_profiles(path: &Path) -> Result<ProfileStore, InferError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ProfileStore::new()),
-        Err(source) => {
-            return Err(InferError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let table = moirai_shared::cost::ProfileTable::from_json(&text)
-        .map_err(|e| InferError::Plan(format!("{}: {e}", path.display())))?;
-    let mut store = ProfileStore::new();
-    for (board, kernels) in &table.boards {
-        for (key, &time_ms) in kernels {
-            store.insert(
-                board,
-                key,
-                crate::fleet::store::Measured {
-                    time_ms,
-                    agent: "profile".into(),
-                    emulation_scale: None,
-                },
-            );
-        }
-    }
-    Ok(store)
+/// writes); a missing file is an empty table.
+pub fn load_profiles(path: &Path) -> Result<ProfileTable, InferError> {
+    Ok(moirai_model::profiles::read_table(path)?)
 }
 
 /// One plan epoch: the subgraphs and what the plan predicts.
@@ -144,28 +41,25 @@ pub struct EpochPlan {
 
 /// Places the model on `devices` and cuts the placement into subgraphs.
 pub fn plan_epoch(
-    model: &InferModel,
-    mut devices: Vec<PlanDevice>,
+    model: &LoadedModel,
+    mut devices: Vec<OnlineAgent>,
     placement: &Placement,
-    profiles: &ProfileStore,
+    profiles: &ProfileTable,
     epoch: u64,
 ) -> Result<EpochPlan, InferError> {
     if devices.is_empty() {
-        return Err(InferError::Plan("no agent".into()));
+        return Err(InferError::NoAgent);
     }
     devices.sort_by(|a, b| a.name.cmp(&b.name));
     let t0 = Instant::now();
-    let (graph, coverage) = model
-        .fleet
-        .graph_for(&devices, profiles)
-        .map_err(|e| InferError::Plan(e.to_string()))?;
+    let (graph, coverage) = graph_for(&model.plan, &devices, profiles)?;
     let schedule = match placement {
         Placement::Moirai { time_limit } => {
-            (crate::serve::placer())(&graph, None, *time_limit).map_err(InferError::Plan)?
+            (crate::replan::moirai_placer())(&graph, None, *time_limit)?
         }
         Placement::Pipeline => {
             let total: f64 = model
-                .fleet
+                .plan
                 .ops
                 .iter()
                 .map(|o| o.signature.flops as f64)
@@ -175,10 +69,10 @@ pub fn plan_epoch(
             let mut engine = crate::simulate::Engine::new(&graph, true);
             let mut done = 0.0;
             // Groups are in a topological order; the graph's ops follow the same order.
-            for (i, o) in model.fleet.ops.iter().enumerate() {
+            for (i, o) in model.plan.ops.iter().enumerate() {
                 let share = ((done / total) * k as f64).floor() as usize;
                 done += o.signature.flops as f64;
-                let op = moirai_shared::OpId::from(i);
+                let op = moirai_core::OpId::from(i);
                 engine.commit(op, DeviceId(share.min(k - 1) as u16));
             }
             engine.to_schedule("pipeline", 0.0, t0.elapsed().as_secs_f64())
@@ -219,11 +113,11 @@ pub fn plan_epoch(
     let crossing: Vec<String> = crossing.iter().map(|(d, n)| format!("{n} {d}")).collect();
     let summary = format!(
         "epoch {epoch}: {} groups on {} agents ({}), predicted makespan {:.3} ms ({} op costs measured, {} roofline), planned in {:.0} ms; tensors received: {}",
-        model.fleet.ops.len(),
+        model.plan.ops.len(),
         names.len(),
         shares.join(" "),
         schedule.makespan_ms,
-        coverage.measured,
+        coverage.profiled,
         coverage.roofline,
         t0.elapsed().as_secs_f64() * 1e3,
         if crossing.is_empty() { "none".to_string() } else { crossing.join(", ") }

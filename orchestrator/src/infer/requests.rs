@@ -10,24 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moirai_shared::tensor::TensorValue;
-use moirai_shared::wire::data::{ActivationChunk, ChunkError, TensorAssembly, TensorSpec};
-
-/// A tensor of a request: its name and value.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    pub name: String,
-    pub value: TensorValue,
-}
+use moirai_core::wire::data::{ActivationChunk, ChunkError, TensorAssembly, TensorSpec};
+use moirai_model::tensor_proto::NamedTensor;
 
 /// One request.
 #[derive(Clone, Debug)]
 struct Flight {
-    inputs: Arc<Vec<Tensor>>,
+    inputs: Arc<Vec<NamedTensor>>,
     /// The epoch it runs on; `None` while it waits for a plan.
     epoch: Option<u64>,
     parts: BTreeMap<String, TensorAssembly>,
-    done: BTreeMap<String, Tensor>,
+    done: BTreeMap<String, NamedTensor>,
     started: Duration,
     dispatched: Duration,
     reruns: u32,
@@ -39,7 +32,7 @@ pub struct Completed {
     pub id: u64,
     pub epoch: u64,
     /// In the order of the graph's outputs.
-    pub outputs: Vec<Tensor>,
+    pub outputs: Vec<NamedTensor>,
     /// From submission to the last output.
     pub latency: Duration,
     /// From the (last) dispatch to the last output.
@@ -72,7 +65,7 @@ pub struct Requests {
 
 impl Requests {
     /// Registers a request at time `now`; returns its id.
-    pub fn submit(&mut self, inputs: Vec<Tensor>, now: Duration) -> u64 {
+    pub fn submit(&mut self, inputs: Vec<NamedTensor>, now: Duration) -> u64 {
         self.next += 1;
         self.flights.insert(
             self.next,
@@ -112,7 +105,12 @@ impl Requests {
     }
 
     /// Marks `id` as sent on `epoch`; returns its inputs to send.
-    pub fn dispatch(&mut self, id: u64, epoch: u64, now: Duration) -> Option<Arc<Vec<Tensor>>> {
+    pub fn dispatch(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        now: Duration,
+    ) -> Option<Arc<Vec<NamedTensor>>> {
         let f = self.flights.get_mut(&id)?;
         f.epoch = Some(epoch);
         f.dispatched = now;
@@ -153,7 +151,7 @@ impl Requests {
             Ok(None) => ChunkOutcome::Partial,
             Ok(Some(value)) => {
                 f.parts.remove(&name);
-                f.done.insert(name.clone(), Tensor { name, value });
+                f.done.insert(name.clone(), NamedTensor { name, value });
                 if f.done.len() < outputs.len() {
                     return ChunkOutcome::Partial;
                 }
@@ -210,14 +208,15 @@ impl Requests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moirai_shared::wire::data::activation_chunks;
+    use moirai_core::tensor::TensorValue;
+    use moirai_core::wire::data::activation_chunks;
 
     const MS: Duration = Duration::from_millis(1);
 
     fn out_spec() -> Vec<TensorSpec> {
         vec![TensorSpec {
             name: "y".into(),
-            dtype: moirai_shared::kernel::DType::F32,
+            dtype: moirai_core::kernel::DType::F32,
             dims: vec![2],
         }]
     }
@@ -226,8 +225,8 @@ mod tests {
         TensorValue::f32(&[2], values.to_vec())
     }
 
-    fn input() -> Vec<Tensor> {
-        vec![Tensor {
+    fn input() -> Vec<NamedTensor> {
+        vec![NamedTensor {
             name: "x".into(),
             value: TensorValue::f32(&[2], vec![1.0, 2.0]),
         }]
@@ -298,7 +297,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let ints = TensorValue::new(vec![2], moirai_shared::tensor::TensorData::I64(vec![1, 2]));
+        let ints = TensorValue::new(vec![2], moirai_core::tensor::TensorData::I64(vec![1, 2]));
         let c = activation_chunks(id, 1, "y", &ints.unwrap()).remove(0);
         assert!(matches!(
             r.on_chunk(c, &out_spec(), 3 * MS),

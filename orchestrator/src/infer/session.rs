@@ -1,6 +1,6 @@
 //! The orchestrator's side of distributed inference: one MQTT loop that tracks the agents
 //! that said hello, plans the model on them (a new plan epoch on every join or death), sends
-//! each agent its [`SubgraphSpec`](moirai_shared::wire::data::SubgraphSpec), streams weights
+//! each agent its [`SubgraphSpec`](moirai_core::wire::data::SubgraphSpec), streams weights
 //! to agents without a local copy, feeds request inputs, collects outputs and answers each
 //! request once.
 //!
@@ -9,28 +9,29 @@
 //! epoch gave it work goes back to the queue and is dispatched again on the next epoch.
 //! Callers talk to the loop through a [`SessionHandle`] (a channel, as rumqttc's client).
 
-use crate::bus::publish;
+use moirai_link::mqtt::publish;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moirai_shared::wire::data::{
+use moirai_core::wire::data::{
     activation_chunks, weight_chunks, ActivationChunk, ExecStatus, ServingStats, TensorSpec,
 };
-use moirai_shared::wire::life::{Birth, Death};
-use moirai_shared::wire::topic::{InferKind, InferTopic, Topics};
-use moirai_shared::wire::{decode, encode, BrokerAddr};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use moirai_core::wire::life::{Birth, Death};
+use moirai_core::wire::topic::{InferKind, InferTopic, Topics};
+use moirai_core::wire::{decode, encode, BrokerAddr};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::model::{plan_epoch, EpochPlan, InferModel, Placement};
-use super::requests::{ChunkOutcome, Requests, Tensor};
-use super::run::percentile;
-use super::submodel;
+use super::model::{plan_epoch, EpochPlan, Placement};
+use super::requests::{ChunkOutcome, Requests};
 use super::InferError;
-use crate::broker::MAX_PAYLOAD;
-use crate::fleet::model::PlanDevice;
+use crate::fleet::model::OnlineAgent;
+use moirai_core::stats::percentile;
+use moirai_model::loaded::LoadedModel;
+use moirai_model::submodel;
+use moirai_model::tensor_proto::NamedTensor;
 
 /// Session settings.
 #[derive(Clone, Debug)]
@@ -45,7 +46,7 @@ pub struct SessionOptions {
     /// Quiet time after a join or death before replanning.
     pub debounce: Duration,
     /// Measured kernel times by board class (the roofline stands in elsewhere).
-    pub profiles: Arc<crate::fleet::store::ProfileStore>,
+    pub profiles: Arc<moirai_core::cost::ProfileTable>,
 }
 
 /// Latency samples kept for the metrics (the latest ones).
@@ -56,7 +57,7 @@ pub const MAX_SAMPLES: usize = 10_000;
 pub struct InferOutcome {
     pub id: u64,
     pub epoch: u64,
-    pub outputs: Vec<Tensor>,
+    pub outputs: Vec<NamedTensor>,
     /// From submission (waiting for a plan included) to the last output.
     pub latency: Duration,
     /// From the (last) dispatch on a ready plan to the last output.
@@ -131,7 +132,7 @@ pub enum InferEvent {
 
 enum Cmd {
     Infer {
-        inputs: Vec<Tensor>,
+        inputs: Vec<NamedTensor>,
         reply: oneshot::Sender<Result<InferOutcome, InferError>>,
     },
 }
@@ -145,7 +146,7 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// Runs one request; waits for a plan if none is ready yet.
-    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<InferOutcome, InferError> {
+    pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<InferOutcome, InferError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Infer { inputs, reply })
@@ -162,7 +163,7 @@ struct EpochState {
 /// Starts the session loop on the current runtime; it runs until `shutdown` resolves.
 pub fn start(
     opts: SessionOptions,
-    model: Arc<InferModel>,
+    model: Arc<LoadedModel>,
     events: mpsc::UnboundedSender<InferEvent>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SessionHandle, tokio::task::JoinHandle<()>), InferError> {
@@ -181,17 +182,14 @@ pub fn start(
 async fn run(
     opts: SessionOptions,
     topics: Topics,
-    model: Arc<InferModel>,
+    model: Arc<LoadedModel>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<InferEvent>,
     metrics: Arc<Mutex<Metrics>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let id = format!("moirai-infer-{}-{}", std::process::id(), session_nonce());
-    let mut mo = MqttOptions::new(id, opts.broker.host.clone(), opts.broker.port);
-    mo.set_keep_alive(Duration::from_secs(5));
-    mo.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
-    mo.set_clean_session(true);
+    let mut mo = moirai_link::mqtt::options(id, &opts.broker);
     mo.set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(mo, 65536);
     // Activations are latency-bound: no Nagle delay on the way to the broker.
@@ -369,7 +367,7 @@ async fn run(
                                         match submodel::extract(model.proto(), spec) {
                                             Ok(sub) => {
                                                 let bytes = submodel::encode_model(&sub);
-                                                let sha = submodel::sha256(&bytes);
+                                                let sha = moirai_core::digest::sha256(&bytes);
                                                 let _ = events.send(InferEvent::StreamingWeights { agent: name.clone(), bytes: bytes.len() });
                                                 for c in weight_chunks(epoch, sha, &bytes) {
                                                     publish(&client, topics.infer(&name, InferKind::Weights), &c);
@@ -434,7 +432,7 @@ async fn run(
             }
             _ = tick.tick() => {
                 if stats_dirty && stats_at.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
-                    let stats = metrics.lock().unwrap_or_else(|e| e.into_inner()).stats(crate::serve::now_ms());
+                    let stats = metrics.lock().unwrap_or_else(|e| e.into_inner()).stats(moirai_link::clock::now_ms());
                     match encode(&stats) {
                         Ok(bytes) => {
                             if let Err(e) = client.try_publish(topics.orch_serving(), QoS::AtLeastOnce, true, bytes) {
@@ -453,14 +451,8 @@ async fn run(
                     planning = true;
                     next_epoch += 1;
                     let epoch = next_epoch;
-                    let devices: Vec<PlanDevice> = agents.values().map(|b| PlanDevice {
-                        name: b.name.to_string(),
-                        board: b.board.to_string(),
-                        memory_bytes: b.memory_bytes,
-                        peak_gflops: f64::from(b.peak_gflops),
-                        mem_gbps: f64::from(b.mem_gbps),
-                        link: None,
-                    }).collect();
+                    let devices: Vec<OnlineAgent> =
+                        agents.values().map(|b| OnlineAgent::from_birth(b, None)).collect();
                     let model = model.clone();
                     let placement = opts.placement.clone();
                     let profiles = opts.profiles.clone();
@@ -524,7 +516,7 @@ fn dispatch(
 }
 
 /// Every model input present, with the model's element type and shape.
-pub fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), InferError> {
+pub fn check_inputs(specs: &[TensorSpec], inputs: &[NamedTensor]) -> Result<(), InferError> {
     for s in specs {
         let t = inputs
             .iter()
@@ -547,55 +539,4 @@ fn session_nonce() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() % 1_000_000)
         .unwrap_or(0)
-}
-
-/// Starts a session on `broker` (every agent that says hello gets a share, placed by the
-/// Moirai placer) and its HTTP endpoint on `listen`, both running until the process ends;
-/// prints what happens. For `moirai serve --infer-listen`.
-pub async fn serve_http(
-    broker: BrokerAddr,
-    prefix: String,
-    model: Arc<InferModel>,
-    listen: std::net::SocketAddr,
-) {
-    let opts = SessionOptions {
-        broker,
-        prefix,
-        placement: super::model::Placement::Moirai {
-            time_limit: Duration::from_millis(1000),
-        },
-        min_agents: 1,
-        request_timeout: Duration::from_secs(60),
-        debounce: Duration::from_millis(500),
-        profiles: Default::default(),
-    };
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let (handle, _task) = match start(opts, model.clone(), ev_tx, std::future::pending()) {
-        Ok(h) => h,
-        Err(e) => {
-            println!("inference not served: {e}");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        while let Some(ev) = ev_rx.recv().await {
-            match ev {
-                InferEvent::Planned { summary, .. } => println!("inference plan {summary}"),
-                InferEvent::Refused { agent, reason } => {
-                    println!("inference share refused by {agent}: {reason}")
-                }
-                InferEvent::Rerun { ids, agent } => {
-                    println!("{agent} died: {} inference request(s) run again", ids.len())
-                }
-                _ => {}
-            }
-        }
-    });
-    match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => {
-            println!("inference: POST /v1/infer and GET /v1/metrics on http://{listen}");
-            tokio::spawn(super::http::serve(l, handle, model.inputs().to_vec()));
-        }
-        Err(e) => println!("inference not served: cannot listen on {listen}: {e}"),
-    }
 }

@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use moirai_shared::{DeviceId, Graph};
+use moirai_core::{DeviceId, Graph};
 
 use super::greedy::{etf, upward_rank};
-use super::lp::AssignmentLp;
 use super::{PlaceError, Placed};
+use crate::lp::AssignmentLp;
 
 /// Devices grouped by speed, fastest group first.
 pub fn speed_groups(g: &Graph) -> Vec<Vec<DeviceId>> {

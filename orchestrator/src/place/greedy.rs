@@ -2,7 +2,7 @@
 //! choice, and the ETF loop (m-ETF, m-SCT and GETF differ only in which devices an op may
 //! take).
 
-use moirai_shared::{DeviceId, EdgeId, Graph, OpId};
+use moirai_core::{DeviceId, EdgeId, Graph, OpId};
 
 use super::PlaceError;
 use crate::simulate::{Engine, Probe};

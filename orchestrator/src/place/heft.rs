@@ -6,7 +6,7 @@
 //! left earlier on that device (the "insertion-based policy"). Memory-aware: a device whose
 //! memory is full is skipped; an op that fits nowhere is an error naming the devices.
 
-use moirai_shared::Graph;
+use moirai_core::Graph;
 
 use super::greedy::{by_decreasing_rank, earliest_finish, no_room, upward_rank};
 use super::{PlaceError, Placed};

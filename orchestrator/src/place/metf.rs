@@ -7,7 +7,7 @@
 //! matched with the device where it would finish first, then ops compete on start time.
 //! Memory-aware as in Baechi: a device without room for the op is not a candidate.
 
-use moirai_shared::Graph;
+use moirai_core::Graph;
 
 use super::greedy::{etf, upward_rank};
 use super::{PlaceError, Placed};

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use microlp::{
     ComparisonOp, LinearExpr, OptimizationDirection, Problem, SolveOptions, SolveOutcome, Variable,
 };
-use moirai_shared::plan::Placement;
-use moirai_shared::{DeviceId, EdgeId, Graph, OpId};
+use moirai_core::plan::Placement;
+use moirai_core::{DeviceId, EdgeId, Graph, OpId};
 
 use crate::simulate::{simulate_into, Engine};
 
@@ -399,7 +399,7 @@ pub fn schedule_of<'g>(g: &'g Graph, r: &MilpResult) -> Option<Engine<'g>> {
 mod tests {
     use super::*;
     use crate::testutil::{diamond, example_1};
-    use moirai_shared::plan::check::validate;
+    use moirai_core::plan::check::validate;
 
     #[test]
     fn diamond_optimum_is_proven() {

@@ -11,7 +11,7 @@
 pub mod getf;
 pub mod greedy;
 pub mod heft;
-pub mod lp;
+
 pub mod metf;
 pub mod milp;
 pub mod moirai;
@@ -23,9 +23,9 @@ pub mod single;
 
 use std::time::{Duration, Instant};
 
-use moirai_shared::plan::check::{validate, Violation};
-use moirai_shared::plan::Placement;
-use moirai_shared::{Graph, Schedule};
+use moirai_core::plan::check::{validate, Violation};
+use moirai_core::plan::Placement;
+use moirai_core::{Graph, Schedule};
 use thiserror::Error;
 
 use crate::bound::{self, LowerBound};

@@ -17,8 +17,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use moirai_shared::plan::Placement;
-use moirai_shared::{DeviceId, Graph};
+use moirai_core::plan::Placement;
+use moirai_core::{DeviceId, Graph};
 
 use super::search::{parallel_anneal, Budget};
 use super::{milp, Method, PlaceError, PlaceOptions, Placed};

@@ -18,11 +18,11 @@
 
 use std::time::Duration;
 
-use moirai_shared::{DeviceId, EdgeId, Graph, OpId};
+use moirai_core::{DeviceId, EdgeId, Graph, OpId};
 
 use super::greedy::{etf, mean_time, mean_transfer, upward_rank};
-use super::lp::Lp;
 use super::{PlaceError, Placed};
+use crate::lp::Lp;
 
 /// For every op, the parent whose favourite child it is.
 pub fn favourite_parents(g: &Graph) -> Result<Vec<Option<OpId>>, String> {

@@ -7,7 +7,7 @@
 //! the graph's total run time on it), and devices are filled fastest first. Memory-aware: an
 //! op that does not fit the current device moves on to the next one with room.
 
-use moirai_shared::{DeviceId, Graph};
+use moirai_core::{DeviceId, Graph};
 
 use super::greedy::no_room;
 use super::{PlaceError, Placed};

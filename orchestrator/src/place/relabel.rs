@@ -4,7 +4,7 @@
 //! devices so that as many ops as possible stay where the previous plan had them, which
 //! means fewer weights and activations to move, for the same makespan.
 
-use moirai_shared::{DeviceId, EdgeId, Graph};
+use moirai_core::{DeviceId, EdgeId, Graph};
 
 use crate::place::Placement;
 

@@ -20,8 +20,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use moirai_shared::plan::Placement;
-use moirai_shared::{DeviceId, Graph, OpId};
+use moirai_core::plan::Placement;
+use moirai_core::{DeviceId, Graph, OpId};
 
 use crate::simulate::{bottom_levels, simulate_into, Engine};
 

@@ -1,8 +1,8 @@
 //! Best single device: every op on one device, each device tried; the plan to beat, since
 //! splitting a model only pays when the parallelism outweighs the transfers.
 
-use moirai_shared::DeviceId;
-use moirai_shared::Graph;
+use moirai_core::DeviceId;
+use moirai_core::Graph;
 
 use super::{PlaceError, Placed};
 use crate::simulate::{all_on, memory_shortfall, simulate};

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use moirai_shared::{Graph, Schedule};
+use moirai_core::{Graph, Schedule};
 
 const LANE: f64 = 26.0;
 const LEFT: f64 = 120.0;

@@ -24,14 +24,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moirai_orchestrator::coarsen::rules::RuleSet;
-use moirai_orchestrator::coarsen::{coarsen, FusedGroup};
-use moirai_orchestrator::import::onnx::{self, ImportError, ImportOptions, OnnxModel};
-use moirai_shared::cost::Verdict;
-use moirai_shared::device::Backend;
-use moirai_shared::kernel::KernelSignature;
-use moirai_shared::tensor::{rel_diff, TensorValue};
-use moirai_shared::wire::data::{SubgraphSpec, TensorSpec};
+use moirai_core::cost::Verdict;
+use moirai_core::device::Backend;
+use moirai_core::kernel::KernelSignature;
+use moirai_core::tensor::{rel_diff, TensorValue};
+use moirai_core::wire::data::{SubgraphSpec, TensorSpec};
+use moirai_model::coarsen::rules::RuleSet;
+use moirai_model::coarsen::{coarsen, FusedGroup};
+use moirai_model::import::onnx::{self, ImportError, ImportOptions, OnnxModel};
 use tracing::{debug, info, instrument, warn};
 use tract_onnx::pb;
 
@@ -298,8 +298,8 @@ fn run_on_tract(
 /// Deterministic sample values for a share input: floats in [-1, 1); integers 0 (a valid id
 /// and index everywhere); booleans true.
 fn sample(spec: &TensorSpec, rng: &mut fastrand::Rng) -> TensorValue {
-    use moirai_shared::kernel::DType;
-    use moirai_shared::tensor::TensorData;
+    use moirai_core::kernel::DType;
+    use moirai_core::tensor::TensorData;
     let n = spec.elements() as usize;
     let data = match spec.dtype {
         DType::F32 | DType::F16 => {

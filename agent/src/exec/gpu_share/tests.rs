@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use moirai_orchestrator::infer::model::InferModel;
-use moirai_orchestrator::infer::tensor;
+use moirai_model::loaded::LoadedModel;
+use moirai_model::tensor_proto as tensor;
 
 use super::*;
 use crate::exec::compare::{absorb, max_rel_diff, stage_shares, Feed};
@@ -28,13 +28,13 @@ fn repo() -> PathBuf {
 
 /// A model directory of the ONNX test-data convention: model, inputs, expected outputs.
 struct Case {
-    model: InferModel,
+    model: LoadedModel,
     inputs: Feed,
     want: NamedTensors,
 }
 
 fn case(dir: &Path) -> Case {
-    let model = InferModel::load(&dir.join("model.onnx")).expect("model loads");
+    let model = LoadedModel::load(&dir.join("model.onnx")).expect("model loads");
     let data = dir.join("test_data_set_0");
     let read = |kind: &str, names: Vec<String>| -> NamedTensors {
         names
@@ -82,7 +82,7 @@ fn worst(c: &Case, out: &Feed) -> f32 {
     max_rel_diff(&got, &c.want)
 }
 
-fn one_share(model: &InferModel) -> (SubgraphSpec, pb::ModelProto) {
+fn one_share(model: &LoadedModel) -> (SubgraphSpec, pb::ModelProto) {
     stage_shares(model, 1).expect("one share").remove(0)
 }
 
@@ -351,7 +351,7 @@ fn a_request_without_its_input_is_refused_by_name() {
     let mut short = c.inputs.clone();
     short.insert(
         name.clone(),
-        moirai_shared::tensor::TensorValue::f32(&value.dims[..1], vec![0.0; 3]),
+        moirai_core::tensor::TensorValue::f32(&value.dims[..1], vec![0.0; 3]),
     );
     let msg = exec.run(&short).unwrap_err().to_string();
     assert!(msg.contains("3 values"), "{msg}");

@@ -1,7 +1,0 @@
-//! Importers: turn what a user brings into a [`moirai_shared::Graph`].
-//!
-//! - [`profiled`]: `profiled-graph/v1` JSON files (already coarsened and profiled).
-//! - [`onnx`]: ONNX models, with shapes, dtypes and per-node costs.
-
-pub mod onnx;
-pub mod profiled;
