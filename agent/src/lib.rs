@@ -11,9 +11,12 @@
 //! - [`link`]: the MQTT loop (rumqttc, reconnects), the pure birth/death/`bd_seq` lifecycle
 //!   and link probes.
 //! - [`profile`]: the profiler (timestamp queries or wall clock, medians and spread), the
-//!   fusion test, and the on-disk profile store.
+//!   fusion test, and recording into the profile store (`moirai_model::profiles`).
 //! - [`selftest`]: `--self-test`: adapter probe, one kernel on the CPU executor (and the GPU),
 //!   protocol round trip.
+//!
+//! The agent depends on the `shared/` crates only (`moirai-core`, `moirai-model`,
+//! `moirai-link`); options and printing are the binary's (`src/commands/`, `src/main.rs`).
 
 pub mod config;
 pub mod exec;

@@ -8,7 +8,15 @@
 //! - [`bound`]: lower bounds on the makespan.
 //! - [`report`]: tables and Gantt charts.
 //! - [`fleet`]: the agents, their lifecycle and measured profiles, as a pure state machine.
-//! - [`replan`]: debounced, warm-started replanning on the online agents.
+//! - [`replan`]: warm-started replanning on the online agents (the fleet debounces).
+//! - [`lp`]: the LP relaxations the baselines and bounds solve (microlp).
+//! - [`broker`], [`bus`], [`serve`]: the embedded MQTT broker, fetching retained views, and
+//!   the orchestrator's main loop, which reports [`serve::ServeEvent`]s.
+//! - [`infer`]: distributed inference sessions, their requests and HTTP endpoint.
+//! - [`rollout`], [`security`], [`local_agent`]: staged rollout, TLS and device tables, agent
+//!   processes on this machine.
+//!
+//! Options and printing are the binary's (`src/commands/`, one file per subcommand).
 
 pub mod bound;
 pub mod broker;
