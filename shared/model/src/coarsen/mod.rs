@@ -75,10 +75,7 @@ fn dag_of(
     for (q, ops) in operands.iter().enumerate() {
         // A commutative op reading the previous output second is a chain step all the same.
         let mut ops = ops.clone();
-        let commutative = matches!(
-            model.nodes[nodes[q]].op_type.as_str(),
-            "Add" | "Mul" | "Max" | "Min" | "And" | "Or" | "Xor" | "Equal"
-        );
+        let commutative = crate::ops::commutative(&model.nodes[nodes[q]].op_type);
         if commutative && q > 0 && ops.len() == 2 && matches!(ops[0], Operand::Input(_)) {
             ops.swap(0, 1);
         }
