@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub security: moirai_link::tls::ClientSecurity,
     /// Rollout: where releases go, and what to report once announced.
     pub rollout: crate::rollout::RolloutSetup,
+    /// Memory for shares in MiB, instead of the board's usable memory.
+    pub memory_mb: Option<u64>,
 }
 
 impl AgentConfig {
@@ -89,6 +91,7 @@ impl AgentConfig {
             probe_bytes: 256 << 10,
             security: Default::default(),
             rollout: Default::default(),
+            memory_mb: None,
         })
     }
 
@@ -104,6 +107,15 @@ impl AgentConfig {
         }
         self.host = Some(host);
         Ok(self)
+    }
+
+    /// Memory the agent offers for shares: what its birth announces and what a share must
+    /// fit in.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mb.map_or_else(
+            || self.board.usable_memory_bytes(),
+            |m| m.saturating_mul(1 << 20),
+        )
     }
 
     /// Factor measured times are multiplied by, when emulating.

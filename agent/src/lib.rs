@@ -9,7 +9,9 @@
 //!   kernel tests compare against ([`exec::cpu::CpuKernel`]).
 //! - [`config`]: who the agent is (name, board file, broker) and whether it emulates a board.
 //! - [`link`]: the MQTT loop (rumqttc, reconnects), the pure birth/death/`bd_seq` lifecycle
-//!   and link probes.
+//!   and link probes; [`port`] carries the inference worker's traffic on that session.
+//! - [`process`]: one agent process: the link and the inference worker
+//!   ([`exec::worker`]) on one MQTT session.
 //! - [`profile`]: the profiler (timestamp queries or wall clock, medians and spread), the
 //!   fusion test, and recording into the profile store (`moirai_model::profiles`).
 //! - [`selftest`]: `--self-test`: adapter probe, one kernel on the CPU executor (and the GPU),
@@ -23,6 +25,8 @@ pub mod exec;
 pub mod gpu;
 pub mod kernels;
 pub mod link;
+pub mod port;
+pub mod process;
 pub mod profile;
 pub mod rollout;
 pub mod selftest;

@@ -111,8 +111,6 @@ enum Command {
     },
     /// List the adapters wgpu sees, best first.
     Adapters,
-    /// Serve distributed inference: run this agent's share of the plan with its weights.
-    InferWorker(commands::worker::WorkerArgs),
     /// Per-request latency of a share on the GPU executor and on tract, and how far their
     /// outputs are apart.
     BenchShare {
@@ -215,7 +213,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     match command {
-        Command::InferWorker(args) => Ok(commands::worker::run(args)?),
         Command::Adapters => {
             let list = GpuContext::list_adapters();
             if list.is_empty() {

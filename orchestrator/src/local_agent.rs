@@ -31,10 +31,25 @@ impl AgentProcess {
     pub fn new(child: Child) -> Self {
         Self { child }
     }
+
+    /// SIGKILL: no goodbye; the broker publishes the agent's Last Will when the connection
+    /// drops.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
+        // Already reaped (killed): its pid may belong to another process by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

@@ -9,6 +9,10 @@
 //!
 //! What happens is also sent as [`ServeEvent`]s, which `moirai serve` prints and `moirai
 //! demo` turns into progress bars and tables.
+//!
+//! With [`ServeOptions::inference`], the inference session ([`crate::infer::session`]) runs
+//! beside this loop under the same login, and plans on what this loop measured: the profile
+//! store and each agent's link ([`Measured`], a watch channel updated at each tick).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,8 +33,10 @@ use crate::bus;
 use crate::fleet::life::Liveness;
 use crate::fleet::model::OnlineAgent;
 use crate::fleet::{view, Fleet, FleetConfig, Outbound};
+use crate::infer::session::{InferEvent, Measured};
 use crate::replan::{CurrentPlan, PlaceFn, ReplanError, Replanner};
 use moirai_core::cost::plan::PlanModel;
+use moirai_model::loaded::LoadedModel;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -76,6 +82,18 @@ pub struct ServeOptions {
     pub place: PlaceFn,
     /// TLS and credentials: the embedded broker's, or the orchestrator's login to `broker`.
     pub security: crate::security::ServeSecurity,
+    /// Also serve inference requests over HTTP.
+    pub inference: Option<ServeInference>,
+}
+
+/// Distributed inference beside the fleet loop.
+pub struct ServeInference {
+    /// `POST /v1/infer` and `GET /v1/metrics` here.
+    pub listen: SocketAddr,
+    /// The model as loaded once: its plan model is [`ServeOptions::model`].
+    pub model: Arc<LoadedModel>,
+    /// No first inference plan before this many agents were born.
+    pub min_agents: usize,
 }
 
 /// What happened, for whoever shows progress.
@@ -127,6 +145,15 @@ pub enum ServeEvent {
     Dropped {
         total: u64,
     },
+    /// The inference endpoint listens here; requests can also go through `handle`.
+    InferenceListening {
+        addr: SocketAddr,
+        handle: crate::infer::session::SessionHandle,
+    },
+    /// The inference session could not start.
+    InferenceFailed(String),
+    /// What the inference session did.
+    Inference(InferEvent),
 }
 
 /// The fleet snapshot is republished at least this often (for its "last seen" column).
@@ -147,7 +174,7 @@ fn publish<M: WireMessage>(client: &AsyncClient, topic: String, msg: &M, retain:
 
 /// Runs until `shutdown` resolves.
 pub async fn run(
-    opts: ServeOptions,
+    mut opts: ServeOptions,
     events: mpsc::UnboundedSender<ServeEvent>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -174,6 +201,15 @@ pub async fn run(
         }
     };
     let store = moirai_model::profiles::read_table(&opts.store_path)?;
+    let (measured_tx, measured_rx) = tokio::sync::watch::channel(Measured {
+        profiles: Arc::new(store.clone()),
+        links: BTreeMap::new(),
+    });
+    // The inference session subscribes before this loop says it is online: births are not
+    // retained, and agents announce themselves as soon as they see the orchestrator online.
+    if let Some(inf) = opts.inference.take() {
+        start_inference(inf, &addr, &topics, &security, measured_rx, &events).await;
+    }
     let session = moirai_link::clock::now_ms();
     let client_id = format!("moirai-orchestrator-{}", std::process::id());
     let mut mqtt = bus::options(&addr, &client_id, &topics, session);
@@ -182,6 +218,7 @@ pub async fn run(
     let signatures = opts.model.signatures();
     info!(broker = %addr, embedded, kernels = signatures.len(), "orchestrator starting");
     let mut fleet = Fleet::new(opts.fleet.clone(), store, signatures);
+    let mut profiles_changed = false;
     let mut replanner = Some(Replanner::new(opts.model, opts.place, opts.time_limit));
     let mut queued: Option<Vec<String>> = None;
     let mut current: Option<Arc<CurrentPlan>> = None;
@@ -259,6 +296,7 @@ pub async fn run(
                     snapshot_at = now;
                     snapshot_dirty = false;
                 }
+                update_measured(&fleet, &measured_tx, std::mem::take(&mut profiles_changed));
                 if fleet.drops.undecodable != dropped_reported {
                     dropped_reported = fleet.drops.undecodable;
                     let _ = events.send(ServeEvent::Dropped { total: dropped_reported });
@@ -320,6 +358,7 @@ pub async fn run(
                     if let Err(e) = file.save() {
                         warn!(error = %e, "profile store not saved");
                     }
+                    profiles_changed = true;
                 }
                 Outbound::Resend { name } => {
                     if let Some(a) = current.as_ref().and_then(|p| p.assignments.get(&name)) {
@@ -368,6 +407,89 @@ pub async fn run(
     })
     .await;
     Ok(())
+}
+
+/// How long `serve` waits for its inference session to subscribe before it announces itself.
+const SESSION_CONNECT: Duration = Duration::from_secs(10);
+
+/// Starts the inference session and its HTTP endpoint, and waits until it subscribed; its
+/// events become [`ServeEvent`]s.
+async fn start_inference(
+    inf: ServeInference,
+    broker: &BrokerAddr,
+    topics: &Topics,
+    security: &moirai_link::tls::ClientSecurity,
+    measured: tokio::sync::watch::Receiver<Measured>,
+    events: &mpsc::UnboundedSender<ServeEvent>,
+) {
+    match crate::infer::http::serve_session(
+        broker.clone(),
+        topics.prefix().to_string(),
+        security.clone(),
+        measured,
+        inf.model,
+        inf.listen,
+        inf.min_agents,
+    )
+    .await
+    {
+        Ok(served) => {
+            let _ = events.send(ServeEvent::InferenceListening {
+                addr: served.addr,
+                handle: served.handle,
+            });
+            let mut rx = served.events;
+            // Until it subscribed (or a broker that never answers: then go on regardless).
+            let _ = tokio::time::timeout(SESSION_CONNECT, async {
+                while let Some(e) = rx.recv().await {
+                    let connected = matches!(e, InferEvent::Connected);
+                    let _ = events.send(ServeEvent::Inference(e));
+                    if connected {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let events = events.clone();
+            tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    if events.send(ServeEvent::Inference(e)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            warn!(error = %e, "inference not served");
+            let _ = events.send(ServeEvent::InferenceFailed(e.to_string()));
+        }
+    }
+}
+
+/// Hands the session what the fleet measured, when it changed: the links at every tick,
+/// the profile store when it was saved.
+fn update_measured(
+    fleet: &Fleet,
+    tx: &tokio::sync::watch::Sender<Measured>,
+    profiles_changed: bool,
+) {
+    let links: BTreeMap<String, moirai_core::wire::life::LinkStats> = fleet
+        .registry()
+        .online()
+        .filter_map(|(n, r)| Some((n.to_string(), r.link?)))
+        .collect();
+    tx.send_if_modified(|m| {
+        let mut changed = false;
+        if m.links != links {
+            m.links = links;
+            changed = true;
+        }
+        if profiles_changed {
+            m.profiles = Arc::new(fleet.store().clone());
+            changed = true;
+        }
+        changed
+    });
 }
 
 /// Online agents and their sessions.

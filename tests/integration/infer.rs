@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use moirai_agent::config::AgentConfig;
 use moirai_agent::exec::direct::DirectStats;
 use moirai_agent::exec::gpu_share::Fault;
-use moirai_agent::exec::worker::{self, DirectOptions, ExecutorChoice, WorkerOptions};
+use moirai_agent::exec::worker::{DirectOptions, ExecutorChoice, WorkerOptions};
 use moirai_agent::gpu::AdapterChoice;
+use moirai_agent::process::{self, AgentError, AgentParts};
 use moirai_core::wire::BrokerAddr;
+use moirai_link::tls::{ClientSecurity, Credentials};
 use moirai_model::loaded::LoadedModel;
 use moirai_model::tensor_proto as tensor;
 use moirai_model::tensor_proto::NamedTensor;
@@ -53,7 +56,7 @@ struct Agent {
     /// Chunks over the direct TCP path (zeros without it).
     direct: Arc<DirectStats>,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), worker::WorkerError>>,
+    task: JoinHandle<Result<Option<moirai_agent::rollout::Staged>, AgentError>>,
 }
 
 struct Fleet {
@@ -78,6 +81,8 @@ struct AgentSpec {
     /// A fault injected in one of its groups.
     fault: Option<Fault>,
     run_deadline: Option<Duration>,
+    /// TLS trust and login (default: plain MQTT, no login).
+    login: ClientSecurity,
 }
 
 fn agent(name: &'static str, board: &'static str) -> AgentSpec {
@@ -91,6 +96,7 @@ fn agent(name: &'static str, board: &'static str) -> AgentSpec {
         direct: false,
         fault: None,
         run_deadline: None,
+        login: ClientSecurity::default(),
     }
 }
 
@@ -99,17 +105,15 @@ fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
         &repo_root().join(format!("firmware-configs/{}.toml", a.board)),
     )
     .expect("board file");
+    let mut config =
+        AgentConfig::new(a.name, board.clone(), &addr.to_string(), "moirai/v1").expect("config");
+    config.memory_mb = a.memory_mb;
+    config.security = a.login.clone();
     let opts = WorkerOptions {
-        broker: addr.clone(),
         name: a.name.into(),
         prefix: "moirai/v1".into(),
         board: board.name.clone(),
-        memory_bytes: a
-            .memory_mb
-            .map(|m| m << 20)
-            .unwrap_or(board.usable_memory_bytes()),
-        peak_gflops: board.compute.f32_gflops as f32,
-        mem_gbps: board.memory.bandwidth_gbps as f32,
+        memory_bytes: config.memory_bytes(),
         models: if a.local_copy {
             vec![model.to_path_buf()]
         } else {
@@ -134,8 +138,18 @@ fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
         fault: a.fault.clone(),
     };
     let direct = opts.direct_stats.clone();
+    // The whole agent, as the binary runs it: the link (birth, heartbeats, its Last Will)
+    // and the worker on its one session. Nobody asks it to profile: the tract timer is enough.
+    let (adapter, timer) = moirai_agent::link::timer::open(&AdapterChoice::from_env(), true);
+    let parts = AgentParts {
+        config,
+        adapter,
+        timer,
+        worker: Some(opts),
+        events: None,
+    };
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(worker::run(opts, async {
+    let task = tokio::spawn(process::run(parts, async {
         let _ = rx.await;
     }));
     Agent {
@@ -146,26 +160,54 @@ fn start_agent(addr: &BrokerAddr, model: &Path, a: &AgentSpec) -> Agent {
     }
 }
 
-async fn start_fleet(model: Arc<LoadedModel>, path: &Path, agents: &[AgentSpec]) -> Fleet {
-    // RUST_LOG=moirai_orchestrator::infer=debug,moirai_agent::exec=debug shows the traffic.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+/// Where a fleet's clients connect: the orchestrator's address and login, and the devices'
+/// address (their logins are their own).
+struct Broker {
+    orchestrator: BrokerAddr,
+    login: ClientSecurity,
+    devices: BrokerAddr,
+}
+
+fn plain_broker() -> Broker {
     let broker = moirai_orchestrator::broker::start("127.0.0.1:0".parse().unwrap(), 64)
         .expect("embedded broker");
     let addr = BrokerAddr {
         host: broker.addr.ip().to_string(),
         port: broker.addr.port(),
     };
+    Broker {
+        orchestrator: addr.clone(),
+        login: ClientSecurity::default(),
+        devices: addr,
+    }
+}
+
+async fn start_fleet(model: Arc<LoadedModel>, path: &Path, agents: &[AgentSpec]) -> Fleet {
+    start_fleet_on(plain_broker(), model, path, agents).await
+}
+
+async fn start_fleet_on(
+    broker: Broker,
+    model: Arc<LoadedModel>,
+    path: &Path,
+    agents: &[AgentSpec],
+) -> Fleet {
+    // RUST_LOG=moirai_orchestrator::infer=debug,moirai_agent::exec=debug shows the traffic.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let addr = broker.devices.clone();
     let opts = SessionOptions {
-        broker: addr.clone(),
+        broker: broker.orchestrator.clone(),
         prefix: "moirai/v1".into(),
         placement: Placement::Pipeline,
         min_agents: agents.len(),
         request_timeout: Duration::from_secs(60),
         debounce: Duration::from_millis(100),
-        profiles: Default::default(),
+        measured: session::Measured::fixed(Default::default()),
+        security: broker.login.clone(),
+        announce: true,
     };
     let (ev_tx, mut events) = mpsc::unbounded_channel();
     let (stop, stop_rx) = oneshot::channel::<()>();
@@ -173,7 +215,7 @@ async fn start_fleet(model: Arc<LoadedModel>, path: &Path, agents: &[AgentSpec])
         let _ = stop_rx.await;
     })
     .expect("session");
-    // Agents after the session subscribed, so their hellos are heard.
+    // Agents after the session said it is online, so they announce themselves at once.
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
             Ok(Some(InferEvent::Connected)) => break,
@@ -908,4 +950,285 @@ async fn http_json_takes_int64_token_ids_and_answers_bert_across_agents() {
     );
     server.abort();
     fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_with_tls_and_logins_serves_inference_each_agent_on_its_one_session() {
+    use moirai_orchestrator::security::{
+        BrokerSecurity, DeviceTable, ServerTls, ORCHESTRATOR_USER,
+    };
+    let dir = moirai_tests::fleet::scratch("infer-tls");
+    let pki = moirai_tests::pki::TestPki::generate(&dir).expect("test PKI");
+    // Each device logs in under its own name only; the orchestrator under any client id.
+    let names = ["pi5-1", "pi4-1", "jetson-1"];
+    let mut table = DeviceTable::default();
+    for n in names {
+        table.insert(n, &format!("pw-{n}"));
+    }
+    table.insert(ORCHESTRATOR_USER, "pw-orchestrator");
+    table.allow_any_client_id(ORCHESTRATOR_USER);
+    let security = BrokerSecurity {
+        tls: Some(ServerTls::new(pki.server.cert.clone(), pki.server.key.clone()).expect("cert")),
+        devices: Some(table),
+    };
+    let embedded =
+        moirai_orchestrator::broker::start_secured("127.0.0.1:0".parse().unwrap(), 64, &security)
+            .expect("secured broker");
+    let tls = embedded.tls_addr.expect("a TLS listener");
+    let login = |user: &str, password: &str| {
+        Some(Credentials {
+            username: user.into(),
+            password: password.into(),
+        })
+    };
+    let broker = Broker {
+        orchestrator: BrokerAddr {
+            host: embedded.addr.ip().to_string(),
+            port: embedded.addr.port(),
+        },
+        login: ClientSecurity {
+            tls: None,
+            credentials: login(ORCHESTRATOR_USER, "pw-orchestrator"),
+        },
+        devices: BrokerAddr {
+            host: "127.0.0.1".into(),
+            port: tls.port(),
+        },
+    };
+    let mut specs = vec![
+        agent("pi5-1", "raspberry-pi-5"),
+        agent("pi4-1", "raspberry-pi-4"),
+        agent("jetson-1", "jetson-orin-nano"),
+    ];
+    for a in &mut specs {
+        // Over TLS with its own password, and no local copy: shares, weights, activations and
+        // statuses all cross the one authenticated session.
+        a.local_copy = false;
+        a.login = ClientSecurity {
+            tls: Some(moirai_link::tls::client_tls(&pki.ca).expect("CA")),
+            credentials: login(a.name, &format!("pw-{}", a.name)),
+        };
+    }
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    let mut fleet = start_fleet_on(broker, model.clone(), &path, &specs).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        fleet.handle.infer(c.inputs.clone()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("inference over TLS and logins succeeds");
+    let d = worst(&out.outputs, &c.outputs);
+    assert!(d <= TOL, "relative difference {d:e}");
+    let events = fleet.drain();
+    let planned = events
+        .iter()
+        .find_map(|e| match e {
+            InferEvent::Planned { summary, .. } => Some(summary.clone()),
+            _ => None,
+        })
+        .expect("a plan");
+    for n in names {
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, InferEvent::Joined { name, .. } if name == n)),
+            "{n} never joined: {events:?}"
+        );
+        let has_share =
+            !planned.contains(&format!("{n}:0 ")) && !planned.contains(&format!("{n}:0)"));
+        assert!(has_share, "{n} got no share: {planned}");
+        // The broker admits a device only under its own name, so the weights it was
+        // streamed reached the session its birth came from: there is no second one.
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, InferEvent::StreamingWeights { agent, .. } if agent == n)),
+            "{n} was not streamed its weights: {events:?}"
+        );
+    }
+    fleet.shutdown().await;
+}
+
+/// The agents as the planner sees them, from their board files.
+fn online(agents: &[(&str, &str)]) -> Vec<moirai_orchestrator::fleet::model::OnlineAgent> {
+    agents
+        .iter()
+        .map(|(name, board)| {
+            let b = moirai_agent::config::load_board(
+                &repo_root().join(format!("firmware-configs/{board}.toml")),
+            )
+            .expect("board file");
+            moirai_orchestrator::fleet::model::OnlineAgent {
+                name: name.to_string(),
+                board: moirai_orchestrator::fleet::model::declared_board(
+                    &b.name,
+                    "cpu",
+                    b.compute.f32_gflops,
+                    b.memory.bandwidth_gbps,
+                    b.usable_memory_bytes(),
+                ),
+                memory_bytes: b.usable_memory_bytes(),
+                link: None,
+            }
+        })
+        .collect()
+}
+
+/// Groups per agent in a plan.
+fn groups_of(plan: &moirai_orchestrator::infer::model::EpochPlan, agent: &str) -> usize {
+    plan.schedule
+        .ops
+        .iter()
+        .filter(|s| plan.agents.get(s.device as usize).map(String::as_str) == Some(agent))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_runs_inference_on_the_fleets_measured_profiles_so_a_slow_board_gets_no_work() {
+    use moirai_orchestrator::infer::model::plan_epoch;
+    use moirai_orchestrator::serve::{self, ServeEvent, ServeInference, ServeOptions};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let path = tiny().join("model.onnx");
+    let model = Arc::new(LoadedModel::load(&path).expect("model loads"));
+    let c = case(tiny(), &model);
+    let boards = [
+        ("pi5-1", "raspberry-pi-5"),
+        ("pi4-1", "raspberry-pi-4"),
+        ("jetson-1", "jetson-orin-nano"),
+    ];
+    let placement = Placement::Moirai {
+        time_limit: Duration::from_millis(1000),
+    };
+    // Control: on the datasheet rooflines the Jetson, the fastest board, takes work.
+    let roofline = plan_epoch(&model, online(&boards), &placement, &Default::default(), 1)
+        .expect("a roofline plan");
+    assert!(
+        groups_of(&roofline, "jetson-1") > 0,
+        "the control is void: {}",
+        roofline.summary
+    );
+    // The fleet's profile store measured the Jetson 1000x slower than the Raspberry Pis.
+    let mut table = moirai_core::cost::ProfileTable::new();
+    for sig in model.plan.signatures() {
+        for (board, ms) in [
+            ("jetson-orin-nano", 50.0),
+            ("raspberry-pi-5", 0.05),
+            ("raspberry-pi-4", 0.05),
+        ] {
+            table.insert(board, &sig.key(), ms);
+        }
+    }
+    let slow = plan_epoch(&model, online(&boards), &placement, &table, 1).expect("a plan");
+    assert_eq!(groups_of(&slow, "jetson-1"), 0, "{}", slow.summary);
+    let dir = moirai_tests::fleet::scratch("serve-infer-profiles");
+    let store = dir.join("profiles.json");
+    std::fs::write(&store, table.to_json()).expect("store");
+    let opts = ServeOptions {
+        model: model.plan.clone(),
+        broker: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        prefix: "moirai/v1".into(),
+        fleet: moirai_orchestrator::fleet::FleetConfig {
+            debounce: Duration::from_millis(100),
+            ..Default::default()
+        },
+        store_path: store,
+        time_limit: Duration::from_millis(1000),
+        tick: Duration::from_millis(20),
+        max_connections: 64,
+        place: moirai_orchestrator::replan::moirai_placer(),
+        security: Default::default(),
+        inference: Some(ServeInference {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            model: model.clone(),
+            min_agents: boards.len(),
+        }),
+    };
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve::run(opts, tx, async {
+        let _ = stop_rx.await;
+    }));
+    let mut agents = Vec::new();
+    let mut handle = None;
+    let mut planned: Option<Arc<moirai_orchestrator::infer::model::EpochPlan>> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while handle.is_none() || planned.is_none() {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("serve plans inference in time")
+            .expect("serve runs");
+        match ev {
+            ServeEvent::Connected { broker, .. } => {
+                for (name, board) in boards {
+                    agents.push(start_agent(&broker, &path, &agent(name, board)));
+                }
+            }
+            ServeEvent::InferenceListening { handle: h, .. } => handle = Some(h),
+            ServeEvent::Inference(InferEvent::Planned { plan, .. }) => planned = Some(plan),
+            ServeEvent::InferenceFailed(e) => panic!("inference not served: {e}"),
+            _ => {}
+        }
+    }
+    let plan = planned.expect("a plan");
+    assert_eq!(plan.agents.len(), 3, "{}", plan.summary);
+    assert_eq!(
+        groups_of(&plan, "jetson-1"),
+        0,
+        "the executed plan ignores the fleet's profiles: {}",
+        plan.summary
+    );
+    assert!(
+        plan.summary.contains("op costs measured, 0 roofline"),
+        "{}",
+        plan.summary
+    );
+    let handle = handle.expect("a session");
+    let out = tokio::time::timeout(Duration::from_secs(60), handle.infer(c.inputs.clone()))
+        .await
+        .expect("answered in time")
+        .expect("inference succeeds");
+    assert_eq!(out.epoch, plan.epoch);
+    let d = worst(&out.outputs, &c.outputs);
+    assert!(d <= TOL, "relative difference {d:e}");
+    // The agent with all the work dies: the share moves to agents that were idle, and the
+    // next request is answered there.
+    let worker = plan
+        .agents
+        .iter()
+        .find(|a| groups_of(&plan, a) > 0)
+        .expect("someone works")
+        .clone();
+    let i = agents
+        .iter()
+        .position(|a| a.name == worker)
+        .expect("its task");
+    agents.remove(i).task.abort();
+    let again = tokio::time::timeout(Duration::from_secs(60), handle.infer(c.inputs.clone()))
+        .await
+        .expect("answered in time after the death")
+        .expect("inference succeeds after the death");
+    assert!(
+        again.epoch > plan.epoch,
+        "answered on epoch {}",
+        again.epoch
+    );
+    let d = worst(&again.outputs, &c.outputs);
+    assert!(d <= TOL, "relative difference {d:e} after the death");
+    for a in &mut agents {
+        if let Some(s) = a.stop.take() {
+            let _ = s.send(());
+        }
+    }
+    for a in agents {
+        let _ = tokio::time::timeout(Duration::from_secs(3), a.task).await;
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
 }

@@ -10,8 +10,10 @@ use moirai_core::wire::topic::DEFAULT_PREFIX;
 use thiserror::Error;
 
 use moirai_agent::config::{load_board, AgentConfig, ConfigError};
+use moirai_agent::exec::worker::{DirectOptions, ExecutorChoice, WorkerOptions};
 use moirai_agent::gpu::AdapterChoice;
 use moirai_agent::link;
+use moirai_agent::process::{self, AgentError, AgentParts};
 use moirai_agent::rollout::{self, Install, RolloutSetup, TrialEnv};
 use moirai_core::wire::rollout::{UpgradeState, UpgradeStatus};
 use moirai_core::wire::truncated;
@@ -25,7 +27,7 @@ pub enum ConnectError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
-    Link(#[from] link::LinkError),
+    Agent(#[from] AgentError),
     #[error(transparent)]
     Security(#[from] moirai_link::tls::TlsError),
     #[error("broker {0} asks for TLS: give --ca-file (the CA that signed its certificate)")]
@@ -59,7 +61,9 @@ impl ConnectError {
     /// refused the agent (systemd must not restart it), 1 otherwise.
     pub fn exit_status(&self) -> u8 {
         match self {
-            ConnectError::Link(link::LinkError::Refused(_)) => link::REFUSED_EXIT,
+            ConnectError::Agent(AgentError::Link(link::LinkError::Refused(_))) => {
+                link::REFUSED_EXIT
+            }
             _ => 1,
         }
     }
@@ -103,8 +107,7 @@ pub struct ConnectArgs {
     /// MQTT keep-alive in seconds (the broker publishes the Last Will after 1.5x this).
     #[arg(long, default_value_t = 5)]
     pub keep_alive_s: u64,
-    /// Profile (and, with --infer, run shares) on the CPU executor even when a GPU adapter
-    /// exists.
+    /// Profile and run shares on the CPU executor (tract) even when a GPU adapter exists.
     #[arg(long)]
     pub cpu: bool,
     /// Bytes of the link probe.
@@ -113,21 +116,62 @@ pub struct ConnectArgs {
     /// TLS (--ca-file) and login (--username, default the agent name; --password-file).
     #[command(flatten)]
     pub security: ClientSecurityArgs,
-    /// Also serve distributed inference (`moirai serve --infer-listen`): run this agent's
-    /// share of the plan with its weights (plain MQTT only).
+    /// A local copy of a model file (repeatable): its weights are used when its SHA-256
+    /// matches the share's; without one the orchestrator streams them.
     #[arg(long)]
-    pub infer: bool,
-    /// With --infer: a local copy of the model (its weights are used when its SHA-256
-    /// matches; without one the orchestrator streams them). Repeatable.
+    pub model: Vec<PathBuf>,
+    /// Memory for shares in MiB instead of the board's usable memory (announced in the birth).
     #[arg(long)]
-    pub infer_model: Vec<PathBuf>,
-    /// With --infer: also take activations from peers over TCP here (port 0 picks one) and
-    /// send to peers that do the same directly; MQTT stays the fallback. No TLS.
-    #[arg(long, requires = "infer")]
+    pub memory_mb: Option<u64>,
+    /// Skip the check of every GPU kernel against tract before it serves (by default a
+    /// kernel that differs runs on tract; the check costs load time).
+    #[arg(long)]
+    pub no_verify_kernels: bool,
+    /// The board class's profile store (moirai-profiles/v1): kernel verdicts are read from
+    /// and written to it, so each kernel signature is checked once per board class.
+    #[arg(long)]
+    pub profiles: Option<PathBuf>,
+    /// Milliseconds a request may run on the executor before it fails (default: 20x the
+    /// plan's predicted makespan, at least 30 s).
+    #[arg(long)]
+    pub run_deadline_ms: Option<u64>,
+    /// Also take activations from peers over TCP here (port 0 picks one) and send to peers
+    /// that do the same directly; MQTT stays the fallback. No TLS.
+    #[arg(long)]
     pub direct_listen: Option<std::net::SocketAddr>,
     /// The host:port peers dial for the direct path (default: the listen address).
     #[arg(long, requires = "direct_listen")]
     pub direct_advertise: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The share executor these arguments ask for, on `board` with `choice` of adapter.
+    pub fn worker(&self, cfg: &AgentConfig, choice: &AdapterChoice) -> WorkerOptions {
+        WorkerOptions {
+            name: cfg.name.to_string(),
+            prefix: self.prefix.clone(),
+            board: cfg.board.name.clone(),
+            memory_bytes: cfg.memory_bytes(),
+            models: self.model.clone(),
+            slowdown: Duration::ZERO,
+            executor: if self.cpu {
+                ExecutorChoice::Tract
+            } else {
+                ExecutorChoice::Wgpu {
+                    adapter: choice.clone(),
+                    verify: !self.no_verify_kernels,
+                }
+            },
+            direct: self.direct_listen.map(|listen| DirectOptions {
+                listen,
+                advertise: self.direct_advertise.clone(),
+            }),
+            direct_stats: Default::default(),
+            profiles: self.profiles.clone(),
+            run_deadline: self.run_deadline_ms.map(Duration::from_millis),
+            fault: None,
+        }
+    }
 }
 
 /// Runs the agent until SIGINT or SIGTERM, or until a rolled-out release took over.
@@ -151,6 +195,7 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
     cfg.heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
     cfg.keep_alive = Duration::from_secs(args.keep_alive_s.max(1));
     cfg.probe_bytes = args.probe_bytes;
+    cfg.memory_mb = args.memory_mb;
     if let Some(host) = &args.emulate_on {
         cfg = cfg.emulate_on(load_board(host)?)?;
     }
@@ -172,42 +217,6 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
             cfg.board.name, info.name, info.backend
         ),
     }
-    let infer = match (args.infer, tls_scheme) {
-        (false, _) => None,
-        (true, true) => {
-            println!("agent {name}: --infer needs a plain mqtt:// broker; inference not served");
-            None
-        }
-        (true, false) => Some(moirai_agent::exec::worker::WorkerOptions {
-            broker: cfg.broker.clone(),
-            name: name.clone(),
-            prefix: args.prefix.clone(),
-            board: cfg.board.name.clone(),
-            memory_bytes: cfg.board.usable_memory_bytes(),
-            peak_gflops: cfg.board.compute.f32_gflops as f32,
-            mem_gbps: cfg.board.memory.bandwidth_gbps as f32,
-            models: args.infer_model.clone(),
-            slowdown: Duration::ZERO,
-            executor: if args.cpu {
-                moirai_agent::exec::worker::ExecutorChoice::Tract
-            } else {
-                moirai_agent::exec::worker::ExecutorChoice::Wgpu {
-                    adapter: choice.clone(),
-                    verify: true,
-                }
-            },
-            direct: args
-                .direct_listen
-                .map(|listen| moirai_agent::exec::worker::DirectOptions {
-                    listen,
-                    advertise: args.direct_advertise.clone(),
-                }),
-            direct_stats: Default::default(),
-            profiles: None,
-            run_deadline: None,
-            fault: None,
-        }),
-    };
     cfg.rollout = RolloutSetup {
         install: Install::of_this_process(),
         exe_name: std::env::current_exe()
@@ -229,35 +238,14 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
             .enable_all()
             .build()
             .map_err(ConnectError::Runtime)?;
-        let run_cfg = cfg.clone();
-        let infer = infer.clone();
-        let staged = rt.block_on(async move {
-            // The inference worker runs beside the link and stops with it.
-            let (stop_infer, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let worker = infer.map(|opts| {
-                tokio::spawn(moirai_agent::exec::worker::run(opts, async {
-                    let _ = stop_rx.await;
-                }))
-            });
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            #[cfg(unix)]
-            let shutdown = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-            };
-            let r = link::run(run_cfg, info, timer, None, shutdown).await;
-            let _ = stop_infer.send(());
-            if let Some(w) = worker {
-                let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
-            }
-            r
-        })?;
+        let parts = AgentParts {
+            worker: Some(args.worker(&cfg, &choice)),
+            config: cfg.clone(),
+            adapter: info,
+            timer,
+            events: None,
+        };
+        let staged = rt.block_on(process::run(parts, moirai_link::shutdown::signalled()))?;
         let Some(staged) = staged else {
             return Ok(Ended::Stopped);
         };
@@ -286,5 +274,61 @@ pub fn run(args: ConnectArgs, adapter: Option<String>) -> Result<Ended, ConnectE
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        c: ConnectArgs,
+    }
+
+    #[test]
+    fn the_flags_choose_the_share_executor_and_the_memory_the_birth_announces() {
+        let config = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../firmware-configs/raspberry-pi-5.toml"
+        );
+        let parse = |extra: &[&str]| {
+            let base = ["x", "--broker", "mqtt://127.0.0.1:1883", "--name", "a"];
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let args = Cli::try_parse_from(args).expect("parses").c;
+            let mut cfg = AgentConfig::new(
+                "a",
+                load_board(std::path::Path::new(config)).expect("board"),
+                "mqtt://127.0.0.1:1883",
+                DEFAULT_PREFIX,
+            )
+            .expect("config");
+            cfg.memory_mb = args.memory_mb;
+            (
+                args.worker(&cfg, &AdapterChoice::from_env()),
+                cfg.memory_bytes(),
+            )
+        };
+        let (w, _) = parse(&[]);
+        assert!(matches!(
+            w.executor,
+            ExecutorChoice::Wgpu { verify: true, .. }
+        ));
+        let (w, _) = parse(&["--no-verify-kernels"]);
+        assert!(matches!(
+            w.executor,
+            ExecutorChoice::Wgpu { verify: false, .. }
+        ));
+        let (w, _) = parse(&["--cpu"]);
+        assert!(matches!(w.executor, ExecutorChoice::Tract));
+        let (w, announced) = parse(&["--memory-mb", "64"]);
+        assert_eq!(w.memory_bytes, 64 << 20);
+        assert_eq!(
+            announced,
+            64 << 20,
+            "the birth announces what the worker accepts"
+        );
     }
 }

@@ -2,4 +2,3 @@
 //! the library's.
 
 pub mod connect;
-pub mod worker;

@@ -1,7 +1,8 @@
-//! The agent's inference loop: `moirai-agent infer-worker`.
+//! The agent's inference worker: the share of the plan this board runs.
 //!
-//! It says hello (a `Birth` on the inference topics, its Last Will a `Death` with the same
-//! `bd_seq`), and then:
+//! It rides on the agent's one MQTT session ([`crate::port`]): the link subscribes to
+//! its topics and publishes what it sends, so it has no connection, client id or Last Will of
+//! its own; the orchestrator knows the board by its birth. Then:
 //! - on a [`SubgraphSpec`]: refuses it when it does not fit the board's memory; otherwise
 //!   loads its weights from a local copy of the model whose SHA-256 matches, or asks the
 //!   orchestrator to stream its sub-model and checks every chunk's CRC-32 and the whole's
@@ -11,15 +12,13 @@
 //!   request has all its inputs it runs on the executor thread, and each output goes, in
 //!   chunks, to the peers and the orchestrator that need it.
 //!
-//! Loading and running happen on one executor thread so the MQTT loop keeps answering the
-//! broker; the loop itself only moves bytes. That thread owns the executor: with
-//! [`ShareBackend::Wgpu`] (the default) it opens the wgpu adapter and runs shares on
-//! [`GpuShareExec`] (fused WGSL kernels, a group the GPU cannot run on tract alone); on a board
-//! without an adapter, with `--backend cpu`, or when a share cannot load on the GPU at all, on
-//! tract ([`SubgraphExec`], also the reference). The Birth names the adapter and backend that
-//! run the shares (`cpu`/`cpu` for tract).
+//! Loading and running happen on one executor thread so the loop keeps reading; the loop
+//! itself only moves bytes. That thread owns the executor: with [`ExecutorChoice::Wgpu`] (the
+//! default) it opens the wgpu adapter and runs shares on [`GpuShareExec`] (fused WGSL kernels,
+//! a group the GPU cannot run on tract alone); on a board without an adapter, with `--cpu`,
+//! or when a share cannot load on the GPU at all, on tract ([`SubgraphExec`], also the
+//! reference).
 
-use moirai_link::mqtt::publish;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,11 +30,9 @@ use moirai_core::wire::data::{
     activation_chunks, ActivationChunk, Destination, DirectAddr, ExecStatus, SubgraphSpec,
     TensorAssembly, WeightAssembly, WeightChunk,
 };
-use moirai_core::wire::life::{Birth, Death};
-use moirai_core::wire::topic::{agent_name, InferKind, InferTopic, Topics};
-use moirai_core::wire::{decode, encode, truncated, BrokerAddr, WireError};
+use moirai_core::wire::topic::{InferKind, InferTopic, Topics};
+use moirai_core::wire::{decode, encode, truncated, WireError};
 use moirai_model::submodel;
-use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tract_onnx::pb;
@@ -45,6 +42,7 @@ use super::gpu_share::{Fault, GpuShareExec, LoadOptions, Where, VERIFY_TOL};
 use super::subgraph::{check_memory, NamedTensors, SubgraphExec};
 use super::watch::{RunKey, RunWatch};
 use crate::gpu::context::{AdapterChoice, GpuContext};
+use crate::port::{DataIn, DataPort};
 use moirai_model::profiles::ProfileStore;
 
 /// Plan epochs kept loaded.
@@ -72,13 +70,10 @@ pub enum WorkerError {
 /// Worker settings.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
-    pub broker: BrokerAddr,
     pub name: String,
     pub prefix: String,
     pub board: String,
     pub memory_bytes: u64,
-    pub peak_gflops: f32,
-    pub mem_gbps: f32,
     /// Local copies of model files (checked by SHA-256 before use).
     pub models: Vec<PathBuf>,
     /// Extra time per request, to emulate a slower board (tests use it to keep requests in
@@ -130,28 +125,6 @@ pub enum ExecutorChoice {
     /// Tract only.
     #[default]
     Tract,
-}
-
-/// `--backend` of `moirai-agent infer-worker`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ShareBackend {
-    /// Fused WGSL kernels on the wgpu adapter (tract when there is none).
-    #[default]
-    Wgpu,
-    /// Tract on the CPU.
-    Cpu,
-}
-
-impl std::str::FromStr for ShareBackend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "wgpu" => Ok(ShareBackend::Wgpu),
-            "cpu" => Ok(ShareBackend::Cpu),
-            other => Err(format!("`{other}`: expected wgpu or cpu")),
-        }
-    }
 }
 
 /// A loaded share on one of the two executors.
@@ -455,31 +428,32 @@ fn local_models(paths: &[PathBuf]) -> Result<HashMap<[u8; 32], LocalModel>, Work
     Ok(out)
 }
 
-/// Runs the worker until `shutdown` resolves (or forever).
+/// The topics the link subscribes to for the worker named `name`.
+pub fn subscriptions(topics: &Topics, name: &str) -> Vec<String> {
+    let mut subs: Vec<String> = [InferKind::Subgraph, InferKind::Weights, InferKind::Act]
+        .into_iter()
+        .map(|k| topics.infer(name, k))
+        .collect();
+    // Peers' direct addresses (retained), whether or not this agent takes any.
+    subs.push(topics.infer_all(InferKind::Direct));
+    subs
+}
+
+/// Runs the worker on `port` until `shutdown` resolves or the link ends.
 pub async fn run(
     opts: WorkerOptions,
+    port: DataPort,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let topics = Topics::new(&opts.prefix)?;
-    let name = agent_name(&opts.name)?;
     let locals = local_models(&opts.models)?;
-    let bd_seq = std::time::SystemTime::now()
+    let DataPort { mut inbox, outbox } = port;
+    // Names this process's direct listener in its hello and address, so a peer dials the
+    // listener of the process that is running now.
+    let instance = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(1);
-    let mut mo = moirai_link::mqtt::options(format!("{}-infer", opts.name), &opts.broker);
-    mo.set_inflight(1000);
-    mo.set_last_will(LastWill::new(
-        topics.infer(&opts.name, InferKind::Gone),
-        encode(&Death { bd_seq })?,
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (client, mut eventloop) = AsyncClient::new(mo, 65536);
-    // Activations are latency-bound: no Nagle delay on the way to the broker.
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    eventloop.set_network_options(net);
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let exec_running = Arc::new(Mutex::new(String::new()));
@@ -501,19 +475,7 @@ pub async fn run(
     let exec_info = opened_rx.await.map_err(|_| {
         WorkerError::Runtime(std::io::Error::other("the executor thread ended at start"))
     })?;
-    let birth = Birth {
-        name: name.clone(),
-        board: truncated(&opts.board),
-        adapter: truncated(&exec_info.adapter),
-        backend: truncated(&exec_info.backend),
-        memory_bytes: opts.memory_bytes,
-        peak_gflops: opts.peak_gflops,
-        mem_gbps: opts.mem_gbps,
-        emulation_scale: None,
-        agent_version: truncated(env!("CARGO_PKG_VERSION")),
-        protocol: moirai_core::wire::PROTOCOL_VERSION,
-        bd_seq,
-    };
+    info!(adapter = %exec_info.adapter, backend = %exec_info.backend, "share executor open");
     // The direct path: a listener whose chunks join the MQTT ones, and writers to peers whose
     // chunks come back here when they cannot be written.
     let (direct_tx, mut direct_rx) = mpsc::unbounded_channel::<ActivationChunk>();
@@ -540,12 +502,12 @@ pub async fn run(
             info!(%bound, advertised = %addr, "direct data path listening");
             direct_server = Some(tokio::spawn(super::direct::serve(
                 listener,
-                super::direct::hello(&opts.name, bd_seq),
+                super::direct::hello(&opts.name, instance),
                 direct_tx.clone(),
                 opts.direct_stats.clone(),
             )));
             Some(DirectAddr {
-                bd_seq,
+                bd_seq: instance,
                 addr: truncated(&addr),
             })
         }
@@ -562,10 +524,10 @@ pub async fn run(
     let mut watchdog = tokio::time::interval(Duration::from_millis(100));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let status = |s: &ExecStatus| {
-        publish(
-            &client,
+        outbox.send(
             topics.infer(&opts.name, InferKind::Status),
             &bounded_status(s.clone()),
+            false,
         )
     };
     tokio::pin!(shutdown);
@@ -573,22 +535,16 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for k in [InferKind::Subgraph, InferKind::Weights, InferKind::Act] {
-                        let _ = client.try_subscribe(topics.infer(&opts.name, k), QoS::AtLeastOnce);
-                    }
-                    // Peers' direct addresses (retained), whether or not this agent takes any.
-                    let _ = client.try_subscribe(topics.infer_all(InferKind::Direct), QoS::AtLeastOnce);
+            msg = inbox.recv() => match msg {
+                // The link ended: so does the worker.
+                None => break,
+                Some(DataIn::Connected) => {
                     if let Some(d) = &my_direct {
-                        if let Ok(bytes) = encode(d) {
-                            let _ = client.try_publish(topics.infer(&opts.name, InferKind::Direct), QoS::AtLeastOnce, true, bytes);
-                        }
+                        outbox.send(topics.infer(&opts.name, InferKind::Direct), d, true);
                     }
-                    publish(&client, topics.infer(&opts.name, InferKind::Hello), &birth);
-                    info!(agent = %opts.name, "inference worker connected");
+                    info!(agent = %opts.name, "inference worker on the agent's session");
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Some(DataIn::Message(p)) => {
                     let Ok(InferTopic::Agent { kind, name: from }) = topics.parse_infer(&p.topic) else { continue };
                     match kind {
                         InferKind::Direct if from.as_str() != opts.name => {
@@ -678,11 +634,6 @@ pub async fn run(
                         _ => {}
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %e, "broker connection lost; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
             },
             Some(c) = direct_rx.recv() => {
                 let run = take_chunk(c, &specs, &mut pending, &mut finished);
@@ -690,9 +641,7 @@ pub async fn run(
             }
             Some((peer, frame)) = fallback_rx.recv() => {
                 // The direct path failed under this chunk: the broker carries it.
-                if let Err(e) = client.try_publish(topics.infer(&peer, InferKind::Act), QoS::AtLeastOnce, false, frame) {
-                    warn!(%peer, error = %e, "publish dropped");
-                }
+                outbox.send_bytes(topics.infer(&peer, InferKind::Act), frame, false);
             }
             Some(done) = done_rx.recv() => match done {
                 Done::Loaded { epoch, result } => match result {
@@ -749,9 +698,7 @@ pub async fn run(
                                         },
                                         None => frame,
                                     };
-                                    if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, frame) {
-                                        warn!(%topic, error = %e, "publish dropped");
-                                    }
+                                    outbox.send_bytes(topic.clone(), frame, false);
                                 }
                             }
                         }
@@ -779,29 +726,14 @@ pub async fn run(
         server.abort();
         let (sent, fell_back, received) = opts.direct_stats.snapshot();
         info!(sent, fell_back, received, "direct data path chunks");
-        // Peers stop dialling an address that is gone.
-        let _ = client.try_publish(
+        // Peers stop dialling an address that is gone (the link publishes it before it
+        // leaves the broker).
+        outbox.send_bytes(
             topics.infer(&opts.name, InferKind::Direct),
-            QoS::AtLeastOnce,
-            true,
             Vec::new(),
+            true,
         );
     }
-    // A clean goodbye: the same message the Last Will would carry.
-    publish(
-        &client,
-        topics.infer(&opts.name, InferKind::Gone),
-        &Death { bd_seq },
-    );
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(300), async {
-        while let Ok(ev) = eventloop.poll().await {
-            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
     drop(job_tx);
     // The executor finishes its job and ends; one stuck in a hung kernel is left behind (the
     // process ending takes it) rather than holding up the shutdown.
@@ -826,6 +758,7 @@ fn take_chunk(
     finished: &mut VecDeque<(u64, u64)>,
 ) -> Option<Runnable> {
     let key = (c.epoch, c.request);
+    debug!(epoch = c.epoch, request = c.request, tensor = %c.tensor, index = c.index, count = c.count, "activation chunk");
     if finished.contains(&key) {
         return None;
     }
@@ -858,6 +791,7 @@ fn launch(
     let Some(((epoch, request), inputs)) = run else {
         return;
     };
+    debug!(epoch, request, "inputs complete: runs");
     match watch.start((epoch, request)) {
         Ok(()) => {
             let _ = jobs.send(Job::Run {
@@ -934,6 +868,127 @@ fn try_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::{pair, DataLink, DataOut};
+    use moirai_core::wire::data::TensorAssembly;
+    use moirai_model::tensor_proto as tensor;
+
+    /// The next thing the worker published, within 30 s.
+    async fn next_out(rx: &mut mpsc::UnboundedReceiver<DataOut>) -> DataOut {
+        tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("the worker answers in time")
+            .expect("the worker runs")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_runs_its_share_through_its_port_with_no_broker_and_matches_the_reference() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx/tiny-cnn");
+        let path = dir.join("model.onnx");
+        let model = moirai_model::loaded::LoadedModel::load(&path).expect("model loads");
+        // The whole model is this agent's share.
+        let placement: BTreeMap<String, String> = model
+            .coarse
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), "a".to_string()))
+            .collect();
+        let split = moirai_model::split::split(
+            &model.onnx,
+            &model.coarse,
+            &placement,
+            1,
+            model.sha256,
+            1.0,
+            |n| model.weight_bytes(n),
+        )
+        .expect("split");
+        let spec = split.specs["a"].clone();
+        let topics = Topics::default();
+        let (link, port) = pair(subscriptions(&topics, "a"));
+        let DataLink {
+            subscriptions: subs,
+            to_worker,
+            mut from_worker,
+        } = link;
+        for k in [InferKind::Subgraph, InferKind::Weights, InferKind::Act] {
+            assert!(subs.contains(&topics.infer("a", k)), "{subs:?}");
+        }
+        let opts = WorkerOptions {
+            name: "a".into(),
+            prefix: topics.prefix().to_string(),
+            board: "test-board".into(),
+            memory_bytes: 1 << 30,
+            models: vec![path.clone()],
+            slowdown: Duration::ZERO,
+            executor: ExecutorChoice::Tract,
+            direct: None,
+            direct_stats: Arc::default(),
+            profiles: None,
+            run_deadline: None,
+            fault: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(opts, port, async {
+            let _ = stopped.await;
+        }));
+        let message = |topic: String, payload: Vec<u8>| {
+            DataIn::Message(rumqttc::Publish::new(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                payload,
+            ))
+        };
+        to_worker.send(DataIn::Connected).await.expect("inbox");
+        to_worker
+            .send(message(
+                topics.infer("a", InferKind::Subgraph),
+                encode(&spec).expect("spec encodes"),
+            ))
+            .await
+            .expect("inbox");
+        let out = next_out(&mut from_worker).await;
+        assert_eq!(out.topic, topics.infer("a", InferKind::Status));
+        assert!(
+            matches!(
+                decode::<ExecStatus>(&out.payload),
+                Ok(ExecStatus::Ready { epoch: 1, .. })
+            ),
+            "{:?}",
+            decode::<ExecStatus>(&out.payload)
+        );
+        let mut input = tensor::read(&dir.join("test_data_set_0/input_0.pb")).expect("input");
+        input.name = model.inputs()[0].name.clone();
+        for c in activation_chunks(7, 1, &input.name, &input.value) {
+            to_worker
+                .send(message(
+                    topics.infer("a", InferKind::Act),
+                    encode(&c).expect("chunk"),
+                ))
+                .await
+                .expect("inbox");
+        }
+        // The output comes back as chunks on the result topic, for the orchestrator.
+        let mut assembly = TensorAssembly::default();
+        let value = loop {
+            let out = next_out(&mut from_worker).await;
+            assert_eq!(out.topic, topics.infer_result(), "{out:?}");
+            let c = decode::<ActivationChunk>(&out.payload).expect("a chunk");
+            assert_eq!((c.request, c.epoch), (7, 1));
+            if let Some(v) = assembly.add(c).expect("a valid chunk") {
+                break v;
+            }
+        };
+        let want = tensor::read(&dir.join("test_data_set_0/output_0.pb")).expect("reference");
+        let d = moirai_core::tensor::rel_diff(&value, &want.value).expect("same shape");
+        assert!(
+            d <= 1e-4,
+            "relative difference {d:e} from onnx's reference evaluator"
+        );
+        let _ = stop.send(());
+        task.await
+            .expect("the worker task")
+            .expect("the worker ends cleanly");
+    }
 
     #[test]
     fn tract_is_reported_as_cpu_and_an_adapter_by_its_name_and_backend() {

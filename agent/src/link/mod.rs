@@ -7,6 +7,9 @@
 //! a payload to the agent's own probe topic: the time to the broker's PUBACK gives the upload
 //! rate, the time from there to the payload coming back the download rate, and a tiny probe
 //! the round trip.
+//!
+//! The same session carries the inference worker's traffic ([`crate::port`]): the loop subscribes to
+//! its topics, hands it what arrives there and publishes what it sends.
 
 pub mod life;
 pub mod probe;
@@ -28,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
+use crate::port::{DataIn, DataLink};
 use crate::rollout::{Receiving, RolloutError, Staged};
 use life::{AgentLife, LifeAction};
 use moirai_core::wire::rollout::{UpgradeChunk, UpgradeOffer, UpgradeState, UpgradeStatus};
@@ -83,12 +87,14 @@ struct Profiling {
 
 /// Runs the agent until `shutdown` resolves, or until a rolled-out binary arrived whole
 /// (returned, for the caller to try it after this loop left the broker). Never returns an
-/// error for network trouble: it reconnects.
+/// error for network trouble: it reconnects. With `data`, the session also carries an
+/// inference worker's topics.
 pub async fn run(
     cfg: AgentConfig,
     adapter: AdapterInfo,
     timer: TimerFactory,
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
+    data: Option<DataLink>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Option<Staged>, LinkError> {
     let name = cfg.name.to_string();
@@ -121,8 +127,18 @@ pub async fn run(
     let mut opts = moirai_link::mqtt::options(name.clone(), &cfg.broker);
     opts.set_keep_alive(cfg.keep_alive);
     opts.set_last_will(will(&life));
+    // Activations of many requests in flight share the session with the heartbeats.
+    opts.set_inflight(1000);
     cfg.security.apply(&mut opts);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, 65536);
+    // Activations are latency-bound: no Nagle delay on the way to the broker.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let (data_subscriptions, to_worker, mut from_worker) = match data {
+        Some(d) => (d.subscriptions, Some(d.to_worker), Some(d.from_worker)),
+        None => (Vec::new(), None, None),
+    };
 
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,16 +174,25 @@ pub async fn run(
     };
     tokio::pin!(shutdown);
 
-    let publish = |publishes: &mut VecDeque<bool>,
-                   topic: String,
-                   qos: QoS,
-                   bytes: Vec<u8>,
-                   is_probe: bool| {
-        match client.try_publish(topic.clone(), qos, false, bytes) {
+    // Every publish of the session goes through here, the worker's too, so the kinds queued
+    // match rumqttc's outgoing publishes one for one.
+    let publish_as = |publishes: &mut VecDeque<bool>,
+                      topic: String,
+                      qos: QoS,
+                      retain: bool,
+                      bytes: Vec<u8>,
+                      is_probe: bool| {
+        match client.try_publish(topic.clone(), qos, retain, bytes) {
             Ok(()) => publishes.push_back(is_probe),
             Err(e) => warn!(%topic, error = %e, "publish dropped"),
         }
     };
+    let publish =
+        |publishes: &mut VecDeque<bool>,
+         topic: String,
+         qos: QoS,
+         bytes: Vec<u8>,
+         is_probe: bool| { publish_as(publishes, topic, qos, false, bytes, is_probe) };
     let encoded = |m: &dyn Fn() -> Result<Vec<u8>, moirai_core::wire::WireError>| match m() {
         Ok(b) => Some(b),
         Err(e) => {
@@ -192,16 +217,25 @@ pub async fn run(
                             for k in [TopicKind::Command, TopicKind::ProfileRequest, TopicKind::Assign, TopicKind::Probe, TopicKind::Refused, TopicKind::UpgradeOffer, TopicKind::UpgradeChunk, TopicKind::Death] {
                                 subs.push(topics.agent(&name, k));
                             }
+                            subs.extend(data_subscriptions.iter().cloned());
                             for s in subs {
                                 if let Err(e) = client.try_subscribe(s, QoS::AtLeastOnce) {
                                     warn!(error = %e, "subscribe failed");
                                 }
+                            }
+                            if let Some(w) = &to_worker {
+                                let _ = w.send(DataIn::Connected).await;
                             }
                         }
                     }
                     info!(bd_seq = life.bd_seq(), broker = %cfg.broker, "connected");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(w) = to_worker.as_ref().filter(|_| topics.parse_infer(&p.topic).is_ok()) {
+                        // Waits while the worker is busy: it reads on its own task.
+                        let _ = w.send(DataIn::Message(p)).await;
+                        continue;
+                    }
                     let parsed = topics.parse(&p.topic);
                     let mut actions = Vec::new();
                     let mut new_session = false;
@@ -384,6 +418,9 @@ pub async fn run(
                     }
                 }
             }
+            Some(out) = async { match from_worker.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                publish_as(&mut publishes, out.topic, QoS::AtLeastOnce, out.retain, out.payload, false);
+            }
             Some(mut chunk) = chunk_rx.recv() => {
                 chunk.bd_seq = life.bd_seq();
                 if chunk.is_last() {
@@ -396,7 +433,13 @@ pub async fn run(
             }
         }
     }
-    // A clean goodbye: the death of this session, then disconnect.
+    // What the worker sent last (it stops before the link), then a clean goodbye: the
+    // death of this session, then disconnect.
+    if let Some(rx) = from_worker.as_mut() {
+        while let Ok(out) = rx.try_recv() {
+            let _ = client.try_publish(out.topic, QoS::AtLeastOnce, out.retain, out.payload);
+        }
+    }
     if life.is_announced() {
         if let Ok(b) = encode(&life.death()) {
             let _ = client.try_publish(will_topic.clone(), QoS::AtLeastOnce, false, b);
@@ -431,7 +474,7 @@ fn make_birth(cfg: &AgentConfig, adapter: &AdapterInfo, bd_seq: u64) -> Birth {
         board: truncated(&cfg.board.name),
         adapter: truncated(&adapter.name),
         backend: truncated(&adapter.backend),
-        memory_bytes: cfg.board.usable_memory_bytes(),
+        memory_bytes: cfg.memory_bytes(),
         peak_gflops: cfg.board.compute.f32_gflops as f32,
         mem_gbps: cfg.board.memory.bandwidth_gbps as f32,
         emulation_scale: cfg.scale().map(|s| s as f32),

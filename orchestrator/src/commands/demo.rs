@@ -1,11 +1,21 @@
-//! `moirai demo`: the whole system on one machine.
+//! `moirai demo`: the whole system on one machine, end to end.
 //!
-//! Starts the orchestrator with its embedded broker, three agents as child processes, each
-//! standing for a different board class (they run on this machine and scale their measured
-//! times by the ratio of peaks host/board, and say so), lets them profile the model that
-//! ships with the repository, prints the plan as a table and writes its Gantt chart; then a
-//! fourth agent (a second board of a class already profiled) joins and the replanned
-//! placement is printed. Progress bars follow profiling and solving.
+//! 1. The orchestrator starts with its embedded broker and its inference session; three
+//!    agents start as child processes, each standing for a different board class (they run
+//!    on this machine and scale their measured times by the ratio of peaks host/board, and
+//!    say so), and profile the model that ships with the repository.
+//! 2. The plan is printed with its predicted latency and its Gantt chart written.
+//! 3. Requests stream (`--requests`, one every `--interval-ms`, at most `--in-flight` at
+//!    once), each answer checked against the reference output of onnx's own evaluator
+//!    (`models/demo-cnn/test_data_set_0`).
+//! 4. A fourth agent joins a third of the way in, and the fleet replans.
+//! 5. Two thirds of the way in, an agent with a share is killed with SIGKILL, and the fleet
+//!    replans again; the requests it held run again.
+//! 6. At the end, a table per epoch: requests answered, re-run, lost (must be 0), measured
+//!    p50/p90 next to the prediction, and a Gantt chart per epoch.
+//!
+//! Progress bars follow profiling and solving. `moirai fleet --broker <the printed address>`
+//! shows the registry and the serving figures while it runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,9 +28,14 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use super::serve::{describe, plan_table, FleetArgs};
+use moirai_core::stats::percentile;
+use moirai_model::loaded::LoadedModel;
+use moirai_model::tensor_proto::{self as tensor, NamedTensor};
+use moirai_orchestrator::infer::session::{InferEvent, InferOutcome, SessionHandle};
+use moirai_orchestrator::infer::InferError;
 use moirai_orchestrator::local_agent::AgentProcess;
 use moirai_orchestrator::replan::CurrentPlan;
-use moirai_orchestrator::serve::{self, ServeError, ServeEvent};
+use moirai_orchestrator::serve::{self, ServeError, ServeEvent, ServeInference};
 
 #[derive(Debug, Error)]
 pub enum DemoError {
@@ -44,6 +59,14 @@ pub enum DemoError {
     Timeout(Duration, String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("reference data {path}: {reason}")]
+    Reference { path: PathBuf, reason: String },
+    #[error("{lost} request(s) lost and {wrong} answered wrong out of {sent}")]
+    Answers {
+        lost: usize,
+        wrong: usize,
+        sent: usize,
+    },
 }
 
 /// `moirai demo` options.
@@ -74,15 +97,121 @@ pub struct DemoArgs {
     /// The moirai-agent binary (default: next to this one).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
-    /// Agents profile on the CPU executor instead of the GPU adapter.
+    /// Agents profile and run their shares on the GPU adapter. By default they use tract:
+    /// on a machine whose only adapter is lavapipe (a CPU rasterizer, CI's), the fused WGSL
+    /// kernels run about 8x slower than tract and the stream takes minutes instead of
+    /// seconds. (Choosing per kernel between the two is issue 14's next step.)
     #[arg(long)]
-    pub cpu: bool,
+    pub gpu: bool,
     /// Keep the profile store of an earlier run (default: start fresh, so profiling shows).
     #[arg(long)]
     pub keep_profiles: bool,
+    /// Requests to stream once the first plan is in force.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// One request every this many milliseconds...
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// ...with at most this many in flight.
+    #[arg(long, default_value_t = 4)]
+    pub in_flight: usize,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 115)]
     pub timeout_s: u64,
+}
+
+/// Relative tolerance of an answer against the reference: max|got - want| / max|want|.
+const TOLERANCE: f64 = 1e-4;
+
+/// The model's reference input and output: `<model without .onnx>/test_data_set_0/`.
+fn reference_case(
+    model_path: &Path,
+    model: &LoadedModel,
+) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>), DemoError> {
+    let dir = model_path.with_extension("").join("test_data_set_0");
+    let read = |kind: &str, names: Vec<String>| -> Result<Vec<NamedTensor>, DemoError> {
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let path = dir.join(format!("{kind}_{i}.pb"));
+                let mut t = tensor::read(&path).map_err(|e| DemoError::Reference {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                t.name = name;
+                Ok(t)
+            })
+            .collect()
+    };
+    let inputs = read(
+        "input",
+        model.inputs().iter().map(|t| t.name.clone()).collect(),
+    )?;
+    let outputs = read(
+        "output",
+        model.outputs().iter().map(|t| t.name.clone()).collect(),
+    )?;
+    Ok((inputs, outputs))
+}
+
+/// Whether every output matches its reference within [`TOLERANCE`].
+fn correct(got: &[NamedTensor], want: &[NamedTensor]) -> bool {
+    got.len() == want.len()
+        && got.iter().zip(want).all(|(g, w)| {
+            moirai_core::tensor::rel_diff(&g.value, &w.value).is_some_and(|d| d <= TOLERANCE)
+        })
+}
+
+/// The answers of one epoch.
+#[derive(Default)]
+struct EpochRow {
+    predicted_ms: f64,
+    shares: String,
+    answered: usize,
+    wrong: usize,
+    reruns: u32,
+    /// Dispatch on the epoch to the last output, ms.
+    run_ms: Vec<f64>,
+    /// Submission to the last output (queueing included), ms.
+    total_ms: Vec<f64>,
+}
+
+/// The per-epoch table the demo ends with.
+fn epoch_table(rows: &BTreeMap<u64, EpochRow>, lost: usize) -> String {
+    let mut out = String::from(
+        "| epoch | shares (groups) | answered | wrong | re-run | predicted ms | p50 ms | p90 ms | p50 / predicted | p50 incl. queue ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (epoch, r) in rows {
+        if r.answered == 0 && r.shares.is_empty() {
+            continue;
+        }
+        let mut run = r.run_ms.clone();
+        run.sort_by(f64::total_cmp);
+        let mut total = r.total_ms.clone();
+        total.sort_by(f64::total_cmp);
+        let q = |v: &[f64], p| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                percentile(v, p)
+            }
+        };
+        out.push_str(&format!(
+            "| {epoch} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+            r.shares,
+            r.answered,
+            r.wrong,
+            r.reruns,
+            r.predicted_ms,
+            q(&run, 50.0),
+            q(&run, 90.0),
+            q(&run, 50.0) / r.predicted_ms,
+            q(&total, 50.0),
+        ));
+    }
+    out.push_str(&format!("lost: {lost}\n"));
+    out
 }
 
 fn agent_binary(args: &DemoArgs) -> Result<PathBuf, DemoError> {
@@ -123,7 +252,7 @@ fn spawn_agent(
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err);
-    if args.cpu {
+    if !args.gpu {
         cmd.arg("--cpu");
     }
     let child = cmd.spawn().map_err(|source| DemoError::Spawn {
@@ -131,6 +260,12 @@ fn spawn_agent(
         source,
     })?;
     Ok(AgentProcess::new(child))
+}
+
+/// One line on stdout, above the progress bars (which indicatif hides when stdout is not a
+/// terminal; the line is printed either way).
+fn say(bars: &MultiProgress, line: impl std::fmt::Display) {
+    bars.suspend(|| println!("{line}"));
 }
 
 fn write(path: PathBuf, text: &str) -> Result<PathBuf, DemoError> {
@@ -166,7 +301,9 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
     if !args.keep_profiles {
         let _ = std::fs::remove_file(&fleet.store);
     }
-    let model = serve::load_model(&args.model)?;
+    // Imported and coarsened once: the fleet plans its groups, the agents run them.
+    let loaded = Arc::new(LoadedModel::load(&args.model).map_err(ServeError::from)?);
+    let model = loaded.plan.clone();
     println!(
         "model {} ({}): {} kernels, {} distinct signatures, {} tensors",
         model.name,
@@ -175,6 +312,7 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
         model.signatures().len(),
         model.edges.len()
     );
+    let (input, reference) = reference_case(&args.model, &loaded)?;
     let host = std::fs::read_to_string(&args.host)
         .ok()
         .and_then(|t| moirai_core::device::BoardSpec::from_toml(&t, "host").ok())
@@ -190,12 +328,17 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
         host.memory.bandwidth_gbps
     );
     let fleet_debounce = fleet.debounce_ms;
-    let opts = fleet.options(
+    let mut opts = fleet.options(
         model,
         None,
         "127.0.0.1:0".parse().expect("a socket address"),
         moirai_orchestrator::replan::moirai_placer(),
     );
+    opts.inference = Some(ServeInference {
+        listen: "127.0.0.1:0".parse().expect("a socket address"),
+        model: loaded.clone(),
+        min_agents: args.boards.len(),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,6 +347,7 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
     let timeout = Duration::from_secs(args.timeout_s);
     let store_shown = fleet_store_display(&args);
     let out_shown = args.out.display().to_string();
+    let n = args.requests.max(1);
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -218,11 +362,26 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let mut profile_bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
         let mut solving: Option<ProgressBar> = None;
-        let mut agents: Vec<AgentProcess> = Vec::new();
+        let mut agents: BTreeMap<String, AgentProcess> = BTreeMap::new();
         let mut broker = String::new();
-        let mut plans: Vec<Arc<CurrentPlan>> = Vec::new();
-        let mut joined_late = false;
+        let mut handle: Option<SessionHandle> = None;
+        let mut fleet_plans = 0usize;
         let mut late_birth: Option<Instant> = None;
+        let mut late_spawned = false;
+        let mut killed: Option<String> = None;
+        // The inference epochs: predicted makespan and shares, then the answers.
+        let mut rows: BTreeMap<u64, EpochRow> = BTreeMap::new();
+        // Agents with a share in the newest epoch (a SIGKILL victim must have work).
+        let mut working: Vec<String> = Vec::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<InferOutcome, InferError>>();
+        let mut streaming = false;
+        let mut stream_started: Option<Instant> = None;
+        let mut sent = 0usize;
+        let mut in_flight = 0usize;
+        let mut lost = 0usize;
+        let mut answered = 0usize;
+        let mut send_tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
+        send_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = tokio::time::Instant::now() + timeout;
         let first_names: Vec<String> = args
             .boards
@@ -232,126 +391,203 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
             .collect();
         let late_name = format!("{}-late", args.join);
         let result: Result<(), DemoError> = loop {
-            let ev = match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(ev)) => ev,
-                Ok(None) => break Err(DemoError::Timeout(timeout, "the orchestrator stopped".into())),
-                Err(_) => break Err(DemoError::Timeout(timeout, "waiting for the plans".into())),
-            };
-            match &ev {
-                ServeEvent::Connected { broker: b, .. } => {
-                    if broker.is_empty() {
-                        broker = b.to_string();
-                        bars.println(format!("embedded broker at {broker}; starting {} agents", first_names.len())).ok();
-                        let mut failed = None;
-                        for (name, board) in first_names.iter().zip(&args.boards) {
-                            match spawn_agent(&bin, &args, &broker, name, board) {
-                                Ok(a) => agents.push(a),
-                                Err(e) => {
-                                    failed = Some(e);
-                                    break;
-                                }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    break Err(DemoError::Timeout(timeout, format!("{answered} of {n} requests answered, {lost} lost")));
+                }
+                Some(r) = done_rx.recv() => {
+                    in_flight -= 1;
+                    match r {
+                        Ok(o) => {
+                            answered += 1;
+                            let row = rows.entry(o.epoch).or_default();
+                            row.answered += 1;
+                            row.reruns += o.reruns;
+                            row.run_ms.push(o.run_latency.as_secs_f64() * 1e3);
+                            row.total_ms.push(o.latency.as_secs_f64() * 1e3);
+                            if !correct(&o.outputs, &reference) {
+                                row.wrong += 1;
                             }
                         }
-                        if let Some(e) = failed {
-                            break Err(e);
+                        Err(e) => {
+                            lost += 1;
+                            say(&bars, format!("request lost: {e}"));
                         }
                     }
-                }
-                ServeEvent::ProfileProgress { board, agent, done, total } => {
-                    let bar = profile_bars.entry(board.clone()).or_insert_with(|| {
-                        let b = bars.add(ProgressBar::new(u64::from(*total)));
-                        b.set_style(style.clone());
-                        b.set_prefix(format!("profiling {board}"));
-                        b.set_message(format!("on {agent}"));
-                        b
-                    });
-                    bar.set_position(u64::from(*done));
-                    if done >= total {
-                        bar.finish_with_message(format!("on {agent}: done"));
-                    }
-                }
-                ServeEvent::Replanning { reasons } => {
-                    let b = bars.add(ProgressBar::new_spinner());
-                    b.set_style(spin.clone());
-                    b.set_prefix("solving");
-                    b.set_message(format!("({} change(s))", reasons.len()));
-                    b.enable_steady_tick(Duration::from_millis(100));
-                    solving = Some(b);
-                }
-                ServeEvent::Planned { plan, previous } => {
-                    if let Some(b) = solving.take() {
-                        b.finish_with_message(format!("epoch {} in {:.1} ms", plan.epoch, plan.solve.as_secs_f64() * 1e3));
-                    }
-                    let all_first = first_names.iter().all(|n| plan.agents.contains(n));
-                    if !joined_late && all_first && plan.agents.len() == first_names.len() {
-                        bars.suspend(|| {
-                            println!();
-                            print!("{}", plan_table(plan));
-                        });
-                        let svg = moirai_orchestrator::report::gantt::svg(&plan.graph, &plan.schedule);
-                        let p = args.out.join("plan-1.svg");
-                        if let Err(e) = write(p.clone(), &svg) {
-                            break Err(e);
-                        }
-                        bars.println(format!("Gantt chart: {}", p.display())).ok();
-                        plans.push(plan.clone());
-                        bars.println(format!("a {} agent joins: {late_name}", args.join)).ok();
-                        match spawn_agent(&bin, &args, &broker, &late_name, &args.join) {
-                            Ok(a) => agents.push(a),
-                            Err(e) => break Err(e),
-                        }
-                        joined_late = true;
-                    } else if joined_late && plan.agents.contains(&late_name) {
-                        bars.suspend(|| {
-                            println!();
-                            print!("{}", plan_table(plan));
-                            if let Some(old) = previous {
-                                let m = moved(old, plan);
-                                println!(
-                                    "replanned: epoch {} replaces {} (makespan {:.3} -> {:.3} ms), {} op(s) moved, because: {}",
-                                    plan.epoch,
-                                    old.epoch,
-                                    old.schedule.makespan_ms,
-                                    plan.schedule.makespan_ms,
-                                    m.len(),
-                                    plan.reasons.join("; ")
-                                );
-                                for (op, from, to) in m.iter().take(12) {
-                                    println!("  {op}: {from} -> {to}");
-                                }
-                            }
-                        });
-                        let svg = moirai_orchestrator::report::gantt::svg(&plan.graph, &plan.schedule);
-                        let p = args.out.join("plan-2.svg");
-                        if let Err(e) = write(p.clone(), &svg) {
-                            break Err(e);
-                        }
-                        println!("Gantt chart: {}", p.display());
-                        if let Some(b) = late_birth {
-                            println!(
-                                "{late_name}: birth received -> new plan published in {:.0} ms (debounce {} ms, solve {:.1} ms)",
-                                b.elapsed().as_secs_f64() * 1e3,
-                                fleet_debounce,
-                                plan.solve.as_secs_f64() * 1e3
-                            );
-                        }
-                        plans.push(plan.clone());
+                    if answered + lost == n {
                         break Ok(());
                     }
                 }
-                ServeEvent::Joined { name, board, emulation_scale, .. } => {
-                    if *name == late_name {
-                        late_birth = Some(Instant::now());
+                _ = send_tick.tick(), if streaming && sent < n && in_flight < args.in_flight.max(1) => {
+                    let Some(h) = handle.clone() else { continue };
+                    let inputs = input.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = done.send(h.infer(inputs).await);
+                    });
+                    sent += 1;
+                    in_flight += 1;
+                    if sent == n / 3 && !late_spawned {
+                        say(&bars, format!("request {sent}/{n}: a {} agent joins: {late_name}", args.join));
+                        match spawn_agent(&bin, &args, &broker, &late_name, &args.join) {
+                            Ok(a) => { agents.insert(late_name.clone(), a); }
+                            Err(e) => break Err(e),
+                        }
+                        late_spawned = true;
                     }
-                    let how = emulation_scale
-                        .map(|s| format!(", emulated: measured times x{s:.2}"))
-                        .unwrap_or_default();
-                    bars.println(format!("joined: {name} ({board}{how})")).ok();
+                    if sent == 2 * n / 3 && killed.is_none() {
+                        let victim = working
+                            .iter()
+                            .find(|a| **a != late_name && agents.contains_key(*a))
+                            .cloned()
+                            .or_else(|| first_names.iter().find(|a| agents.contains_key(*a)).cloned());
+                        if let Some(v) = victim {
+                            if let Some(a) = agents.remove(&v) {
+                                say(&bars, format!("request {sent}/{n}: SIGKILL {v} (pid {}) with {in_flight} request(s) in flight", a.id()));
+                                a.kill();
+                            }
+                            killed = Some(v);
+                        }
+                    }
                 }
-                other => {
-                    if let Some(line) = describe(other) {
-                        if matches!(other, ServeEvent::Left { .. } | ServeEvent::PlanFailed(_)) {
-                            bars.println(line).ok();
+                ev = rx.recv() => {
+                    let Some(ev) = ev else {
+                        break Err(DemoError::Timeout(timeout, "the orchestrator stopped".into()));
+                    };
+                    match &ev {
+                        ServeEvent::Connected { broker: b, .. } => {
+                            if broker.is_empty() {
+                                broker = b.to_string();
+                                say(&bars, format!("embedded broker at {broker} (`moirai fleet --broker {broker}` shows the fleet); starting {} agents", first_names.len()));
+                                let mut failed = None;
+                                for (name, board) in first_names.iter().zip(&args.boards) {
+                                    match spawn_agent(&bin, &args, &broker, name, board) {
+                                        Ok(a) => { agents.insert(name.clone(), a); }
+                                        Err(e) => {
+                                            failed = Some(e);
+                                            break;
+                                        }
+                                    }
+                                }
+                                if let Some(e) = failed {
+                                    break Err(e);
+                                }
+                            }
+                        }
+                        ServeEvent::InferenceListening { addr, handle: h } => {
+                            say(&bars, format!("inference: POST /v1/infer on http://{addr}"));
+                            handle = Some(h.clone());
+                        }
+                        ServeEvent::InferenceFailed(e) => {
+                            break Err(DemoError::Timeout(timeout, format!("inference not served: {e}")));
+                        }
+                        ServeEvent::Inference(InferEvent::Planned { epoch, plan, .. }) => {
+                            let mut shares: BTreeMap<String, usize> = BTreeMap::new();
+                            for op in &plan.schedule.ops {
+                                if let Some(name) = plan.agents.get(op.device as usize) {
+                                    *shares.entry(name.clone()).or_default() += 1;
+                                }
+                            }
+                            working = plan
+                                .split
+                                .specs
+                                .iter()
+                                .filter(|(_, s)| !s.nodes.is_empty())
+                                .map(|(a, _)| a.clone())
+                                .collect();
+                            let row = rows.entry(*epoch).or_default();
+                            row.predicted_ms = plan.predicted_ms;
+                            row.shares = shares.iter().map(|(a, g)| format!("{a}:{g}")).collect::<Vec<_>>().join(" ");
+                            let svg = moirai_orchestrator::report::gantt::svg(&plan.graph, &plan.schedule);
+                            let p = args.out.join(format!("epoch-{epoch}.svg"));
+                            if let Err(e) = write(p.clone(), &svg) {
+                                break Err(e);
+                            }
+                            say(&bars, format!("inference epoch {epoch}: predicted {:.1} ms, shares {}; Gantt chart {}", plan.predicted_ms, row.shares, p.display()));
+                        }
+                        ServeEvent::Inference(InferEvent::Ready { epoch }) => {
+                            say(&bars, format!("inference epoch {epoch} in force (every agent with a share loaded it)"));
+                        }
+                        ServeEvent::Inference(InferEvent::Rerun { ids, agent }) => {
+                            say(&bars, format!("{agent} died: {} request(s) it held run again on the next epoch", ids.len()));
+                        }
+                        ServeEvent::Inference(_) => {}
+                        ServeEvent::ProfileProgress { board, agent, done, total } => {
+                            let bar = profile_bars.entry(board.clone()).or_insert_with(|| {
+                                let b = bars.add(ProgressBar::new(u64::from(*total)));
+                                b.set_style(style.clone());
+                                b.set_prefix(format!("profiling {board}"));
+                                b.set_message(format!("on {agent}"));
+                                b
+                            });
+                            bar.set_position(u64::from(*done));
+                            if done >= total {
+                                bar.finish_with_message(format!("on {agent}: done"));
+                            }
+                        }
+                        ServeEvent::Replanning { reasons } => {
+                            let b = bars.add(ProgressBar::new_spinner());
+                            b.set_style(spin.clone());
+                            b.set_prefix("solving");
+                            b.set_message(format!("({} change(s))", reasons.len()));
+                            b.enable_steady_tick(Duration::from_millis(100));
+                            solving = Some(b);
+                        }
+                        ServeEvent::Planned { plan, previous } => {
+                            if let Some(b) = solving.take() {
+                                b.finish_with_message(format!("epoch {} in {:.1} ms", plan.epoch, plan.solve.as_secs_f64() * 1e3));
+                            }
+                            fleet_plans += 1;
+                            let svg = moirai_orchestrator::report::gantt::svg(&plan.graph, &plan.schedule);
+                            let p = args.out.join(format!("plan-{fleet_plans}.svg"));
+                            if let Err(e) = write(p.clone(), &svg) {
+                                break Err(e);
+                            }
+                            bars.suspend(|| {
+                                println!();
+                                print!("{}", plan_table(plan));
+                                println!("Gantt chart: {}", p.display());
+                                if let Some(old) = previous {
+                                    let m = moved(old, plan);
+                                    println!(
+                                        "replanned: epoch {} replaces {} (makespan {:.3} -> {:.3} ms), {} op(s) moved, because: {}",
+                                        plan.epoch, old.epoch, old.schedule.makespan_ms, plan.schedule.makespan_ms, m.len(), plan.reasons.join("; ")
+                                    );
+                                    for (op, from, to) in m.iter().take(12) {
+                                        println!("  {op}: {from} -> {to}");
+                                    }
+                                }
+                            });
+                            if let (Some(b), true) = (late_birth.take(), plan.agents.contains(&late_name)) {
+                                say(&bars, format!(
+                                    "{late_name}: birth received -> new plan published in {:.0} ms (debounce {} ms, solve {:.1} ms)",
+                                    b.elapsed().as_secs_f64() * 1e3,
+                                    fleet_debounce,
+                                    plan.solve.as_secs_f64() * 1e3
+                                ));
+                            }
+                            // Profiled and planned on every first agent: the stream starts.
+                            if !streaming && first_names.iter().all(|a| plan.agents.contains(a)) {
+                                say(&bars, format!("streaming {n} requests, one every {} ms, at most {} in flight", args.interval_ms, args.in_flight));
+                                streaming = true;
+                                stream_started = Some(Instant::now());
+                            }
+                        }
+                        ServeEvent::Joined { name, board, emulation_scale, .. } => {
+                            if *name == late_name {
+                                late_birth = Some(Instant::now());
+                            }
+                            let how = emulation_scale
+                                .map(|s| format!(", emulated: measured times x{s:.2}"))
+                                .unwrap_or_default();
+                            say(&bars, format!("joined: {name} ({board}{how})"));
+                        }
+                        other => {
+                            if let Some(line) = describe(other) {
+                                if matches!(other, ServeEvent::Left { .. } | ServeEvent::PlanFailed(_)) {
+                                    say(&bars, line);
+                                }
+                            }
                         }
                     }
                 }
@@ -360,10 +596,22 @@ pub fn run(args: DemoArgs, fleet: FleetArgs) -> Result<(), DemoError> {
         drop(agents);
         let _ = stop_tx.send(());
         let _ = server.await;
-        result
+        result?;
+        let wrong: usize = rows.values().map(|r| r.wrong).sum();
+        println!();
+        println!(
+            "{n} requests in {:.1} s; per inference epoch (latency from dispatch on the epoch; queue included in the last column):",
+            stream_started.map_or(0.0, |t| t.elapsed().as_secs_f64())
+        );
+        print!("{}", epoch_table(&rows, lost));
+        if lost > 0 || wrong > 0 {
+            return Err(DemoError::Answers { lost, wrong, sent: n });
+        }
+        println!("every answer matches the reference (max |got - want| / max |want| <= {TOLERANCE:e})");
+        Ok(())
     })?;
     println!(
-        "demo finished in {:.1} s; profiles in {}, agent logs in {}",
+        "demo finished in {:.1} s; profiles in {}, plans and agent logs in {}",
         t_start.elapsed().as_secs_f64(),
         store_shown,
         out_shown

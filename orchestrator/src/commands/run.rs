@@ -1,5 +1,5 @@
 //! `moirai run --model M.onnx --input x.pb --agents N [--out y.pb]`: one distributed
-//! inference on a local fleet: the embedded broker, N `moirai-agent infer-worker` processes
+//! inference on a local fleet: the embedded broker, N `moirai-agent` processes
 //! standing for different board classes, a plan, the request, the output as an ONNX
 //! TensorProto. With `--repeat` and `--in-flight` it sends several requests, pipelined.
 
@@ -105,9 +105,12 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The infer-worker flags these options ask for: the share executor and the data path.
+    /// The agent flags these options ask for: the share executor and the data path.
     pub fn worker_flags(&self) -> Vec<String> {
-        let mut f = vec!["--backend".to_string(), self.agent_backend.clone()];
+        let mut f = Vec::new();
+        if self.agent_backend == "cpu" {
+            f.push("--cpu".to_string());
+        }
         if self.data_path == "tcp" {
             f.extend(["--direct-listen".to_string(), "127.0.0.1:0".to_string()]);
         }
@@ -191,10 +194,14 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         min_agents: args.agents,
         request_timeout: Duration::from_secs(args.timeout_s),
         debounce: Duration::from_millis(200),
-        profiles: Arc::new(match &args.profiles {
+        measured: session::Measured::fixed(match &args.profiles {
             Some(p) => moirai_orchestrator::infer::model::load_profiles(p)?,
             None => Default::default(),
         }),
+        security: Default::default(),
+        // No fleet loop runs here: the session says the orchestrator is online, so the
+        // agents announce themselves.
+        announce: true,
     };
     let timeout = Duration::from_secs(args.timeout_s);
     let outcomes = rt.block_on(async {

@@ -35,8 +35,9 @@ pub struct ServeArgs {
     pub fleet: FleetArgs,
     #[command(flatten)]
     pub security: ServeSecurityArgs,
-    /// Also serve distributed inference on agents started with `--infer`: HTTP
-    /// `POST /v1/infer` and `GET /v1/metrics` on this address (plain MQTT only).
+    /// Also serve distributed inference on the fleet's agents: HTTP `POST /v1/infer` and
+    /// `GET /v1/metrics` on this address. Shares are planned on the kernel times and link
+    /// rates the fleet measured, and travel under the fleet's TLS and logins.
     #[arg(long)]
     pub infer_listen: Option<SocketAddr>,
 }
@@ -101,6 +102,7 @@ impl FleetArgs {
             max_connections: 1024,
             place,
             security: Default::default(),
+            inference: None,
         }
     }
 }
@@ -160,19 +162,21 @@ impl From<ClientLoginArgs> for ClientLogin {
 }
 
 /// One line per event of the inference session `moirai serve --infer-listen` runs.
-async fn print_inference(mut events: mpsc::UnboundedReceiver<InferEvent>) {
-    while let Some(ev) = events.recv().await {
-        match ev {
-            InferEvent::Planned { summary, .. } => println!("inference plan {summary}"),
-            InferEvent::Refused { agent, reason } => {
-                println!("inference share refused by {agent}: {reason}")
-            }
-            InferEvent::Rerun { ids, agent } => {
-                println!("{agent} died: {} inference request(s) run again", ids.len())
-            }
-            _ => {}
+fn describe_inference(ev: &InferEvent) -> Option<String> {
+    Some(match ev {
+        InferEvent::Planned { summary, .. } => format!("inference plan {summary}"),
+        InferEvent::Ready { epoch } => format!("inference epoch {epoch} in force"),
+        InferEvent::Refused { agent, reason } => {
+            format!("inference share refused by {agent}: {reason}")
         }
-    }
+        InferEvent::Rerun { ids, agent } => {
+            format!("{agent} died: {} inference request(s) run again", ids.len())
+        }
+        InferEvent::StreamingWeights { agent, bytes } => {
+            format!("streaming {bytes} bytes of weights to {agent}")
+        }
+        _ => return None,
+    })
 }
 
 /// One line per event, for `moirai serve` (stdout: what a user follows; logs go to stderr).
@@ -231,6 +235,11 @@ pub fn describe(ev: &ServeEvent) -> Option<String> {
         ServeEvent::PlanFailed(e) => format!("plan failed: {e}"),
         ServeEvent::Refused { name, reason } => format!("refused {name}: {reason}"),
         ServeEvent::Dropped { total } => format!("dropped {total} undecodable payloads so far"),
+        ServeEvent::InferenceListening { addr, .. } => {
+            format!("inference: POST /v1/infer and GET /v1/metrics on http://{addr}")
+        }
+        ServeEvent::InferenceFailed(e) => format!("inference not served: {e}"),
+        ServeEvent::Inference(e) => return describe_inference(e),
     })
 }
 
@@ -286,7 +295,18 @@ pub fn plan_table(plan: &CurrentPlan) -> String {
 /// `moirai serve`: runs until SIGINT/SIGTERM, printing one line per event on stdout and
 /// each new plan as a table.
 pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let model = serve::load_model(&args.model)?;
+    // With inference, the model is imported and coarsened once: the loaded model's plan
+    // model is what the fleet plans, and its groups are what the agents run.
+    let loaded = match args.infer_listen {
+        Some(_) => Some(Arc::new(moirai_model::loaded::LoadedModel::load(
+            &args.model,
+        )?)),
+        None => None,
+    };
+    let model = match &loaded {
+        Some(l) => l.plan.clone(),
+        None => serve::load_model(&args.model)?,
+    };
     println!(
         "model {}: {} kernels ({} distinct), {} tensors between them",
         model.name,
@@ -298,45 +318,24 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .fleet
         .options(model, args.broker.clone(), args.listen, moirai_placer());
     opts.security = args.security.clone().into();
+    opts.inference = args
+        .infer_listen
+        .zip(loaded)
+        .map(|(listen, model)| serve::ServeInference {
+            listen,
+            model,
+            min_agents: 1,
+        });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    let infer = match args.infer_listen {
-        Some(addr) => Some((
-            addr,
-            Arc::new(moirai_model::loaded::LoadedModel::load(&args.model)?),
-            args.fleet.prefix.clone(),
-        )),
-        None => None,
-    };
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             use std::io::Write;
-            let mut infer = infer;
             while let Some(ev) = rx.recv().await {
-                if let (ServeEvent::Connected { broker, .. }, Some((addr, model, prefix))) =
-                    (&ev, infer.take())
-                {
-                    match moirai_orchestrator::infer::http::serve_session(
-                        broker.clone(),
-                        prefix,
-                        model,
-                        addr,
-                    )
-                    .await
-                    {
-                        Ok(events) => {
-                            println!(
-                                "inference: POST /v1/infer and GET /v1/metrics on http://{addr}"
-                            );
-                            tokio::spawn(print_inference(events));
-                        }
-                        Err(e) => println!("inference not served: {e}"),
-                    }
-                }
                 if let Some(line) = describe(&ev) {
                     println!("{line}");
                 }

@@ -517,25 +517,36 @@ pub fn call(
     Ok((status, head, all[end + 4..].to_vec()))
 }
 
-/// Starts a session on `broker` (every agent that says hello gets a share, placed by the
-/// Moirai placer) and its HTTP endpoint on `listen`, both running until the process ends.
-/// Returns the session's events, for whoever shows them (`moirai serve --infer-listen`).
+/// A session serving HTTP: its handle, its events and where it listens.
+pub struct ServedSession {
+    pub handle: super::session::SessionHandle,
+    pub events: mpsc::UnboundedReceiver<InferEvent>,
+    pub addr: std::net::SocketAddr,
+}
+
+/// The session `moirai serve` attaches to its fleet loop: the Moirai placer with a 1 s
+/// limit, no first plan before `min_agents` were born; HTTP on `listen` (port 0 picks one).
 pub async fn serve_session(
     broker: BrokerAddr,
     prefix: String,
+    security: moirai_link::tls::ClientSecurity,
+    measured: tokio::sync::watch::Receiver<super::session::Measured>,
     model: Arc<LoadedModel>,
     listen: std::net::SocketAddr,
-) -> Result<mpsc::UnboundedReceiver<InferEvent>, InferError> {
+    min_agents: usize,
+) -> Result<ServedSession, InferError> {
     let opts = super::session::SessionOptions {
         broker,
         prefix,
         placement: super::model::Placement::Moirai {
             time_limit: Duration::from_millis(1000),
         },
-        min_agents: 1,
+        min_agents,
         request_timeout: Duration::from_secs(60),
         debounce: Duration::from_millis(500),
-        profiles: Default::default(),
+        measured,
+        security,
+        announce: false,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -543,11 +554,19 @@ pub async fn serve_session(
             addr: listen,
             source,
         })?;
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let addr = listener.local_addr().map_err(|source| InferError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let (ev_tx, events) = mpsc::unbounded_channel();
     let (handle, _task) =
         super::session::start(opts, model.clone(), ev_tx, std::future::pending())?;
-    tokio::spawn(serve(listener, handle, model.inputs().to_vec()));
-    Ok(ev_rx)
+    tokio::spawn(serve(listener, handle.clone(), model.inputs().to_vec()));
+    Ok(ServedSession {
+        handle,
+        events,
+        addr,
+    })
 }
 
 #[cfg(test)]

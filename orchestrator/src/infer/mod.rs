@@ -3,12 +3,14 @@
 //! The model itself ([`moirai_model::loaded::LoadedModel`]), the split of a placement into
 //! shares and the sub-models live in `moirai-model`; here:
 //! - [`model`]: one plan epoch ([`model::plan_epoch`]).
+//! - [`epochs`]: the epochs in force and waiting, a pure state machine (readiness, deaths).
 //! - [`requests`]: the requests in flight, a pure state machine (epochs, reruns, outputs).
 //! - [`session`]: the MQTT loop on the orchestrator: plans, weights, inputs, outputs.
 //! - [`run`]: `moirai run`, a local fleet for one distributed inference (and `--bench`,
 //!   `--serve`).
 //! - [`http`]: `POST /v1/infer`, `GET /v1/metrics` (Prometheus text).
 
+pub mod epochs;
 pub mod http;
 pub mod model;
 pub mod requests;

@@ -1,5 +1,5 @@
 //! The pieces of `moirai run` (one distributed inference on a local fleet): starting
-//! `moirai-agent infer-worker` processes, sending requests pipelined, and the latency
+//! `moirai-agent` processes, sending requests pipelined, and the latency
 //! benchmark. The command itself (options, printing) is the binary's `commands::run`.
 
 use std::path::{Path, PathBuf};
@@ -54,8 +54,8 @@ pub fn agent_binary(given: Option<&Path>) -> Result<PathBuf, RunError> {
     crate::local_agent::agent_binary(given).map_err(RunError::NoAgent)
 }
 
-/// Starts `moirai-agent infer-worker FLAGS...` as a child process (`flags`: the executor and
-/// data path, as `moirai run` builds them); logs go to `log`.
+/// Starts `moirai-agent --broker .. --name .. --config .. FLAGS...` as a child process
+/// (`flags`: the executor and data path, as `moirai run` builds them); logs go to `log`.
 pub fn spawn_agent(
     bin: &Path,
     broker: &BrokerAddr,
@@ -75,8 +75,7 @@ pub fn spawn_agent(
     let file = std::fs::File::create(log).map_err(spawn)?;
     let err = file.try_clone().map_err(spawn)?;
     let mut cmd = Command::new(bin);
-    cmd.arg("infer-worker")
-        .args(["--broker", &broker.to_string(), "--name", name])
+    cmd.args(["--broker", &broker.to_string(), "--name", name])
         .arg("--config")
         .arg(config)
         .args(flags)

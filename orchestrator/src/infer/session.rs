@@ -1,8 +1,10 @@
 //! The orchestrator's side of distributed inference: one MQTT loop that tracks the agents
-//! that said hello, plans the model on them (a new plan epoch on every join or death), sends
-//! each agent its [`SubgraphSpec`](moirai_core::wire::data::SubgraphSpec), streams weights
-//! to agents without a local copy, feeds request inputs, collects outputs and answers each
-//! request once.
+//! by their births and deaths (the agents' one session, the messages the fleet reads), plans
+//! the model on them (a new plan epoch on every join or death) with the kernel times and link
+//! rates the fleet measured ([`Measured`]), sends each agent its
+//! [`SubgraphSpec`](moirai_core::wire::data::SubgraphSpec), streams weights to agents
+//! without a local copy, feeds request inputs, collects outputs and answers each request
+//! once. It logs in as the orchestrator does ([`SessionOptions::security`]).
 //!
 //! An epoch is used for new requests once every agent with a share reported ready; a
 //! request runs on the epoch it was dispatched on. When an agent dies, every request whose
@@ -10,20 +12,22 @@
 //! Callers talk to the loop through a [`SessionHandle`] (a channel, as rumqttc's client).
 
 use moirai_link::mqtt::publish;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moirai_core::wire::data::{
     activation_chunks, weight_chunks, ActivationChunk, ExecStatus, ServingStats, TensorSpec,
 };
-use moirai_core::wire::life::{Birth, Death};
-use moirai_core::wire::topic::{InferKind, InferTopic, Topics};
+use moirai_core::wire::life::{Birth, Death, LinkStats, OrchState};
+use moirai_core::wire::topic::{InferKind, InferTopic, Topic, TopicKind, Topics};
 use moirai_core::wire::{decode, encode, BrokerAddr};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
-use tokio::sync::{mpsc, oneshot};
+use moirai_link::tls::ClientSecurity;
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use super::epochs::Epochs;
 use super::model::{plan_epoch, EpochPlan, Placement};
 use super::requests::{ChunkOutcome, Requests};
 use super::InferError;
@@ -45,8 +49,35 @@ pub struct SessionOptions {
     pub request_timeout: Duration,
     /// Quiet time after a join or death before replanning.
     pub debounce: Duration,
-    /// Measured kernel times by board class (the roofline stands in elsewhere).
+    /// What the fleet measured; read at each plan.
+    pub measured: watch::Receiver<Measured>,
+    /// TLS and login to the broker: the orchestrator's.
+    pub security: ClientSecurity,
+    /// Publish the orchestrator's online state (retained; the Last Will says offline) so
+    /// that agents announce themselves: for a session that runs without `moirai serve`'s
+    /// fleet loop, which publishes it otherwise.
+    pub announce: bool,
+}
+
+/// What the fleet loop measured, for the plans: kernel times by board class (the roofline
+/// stands in elsewhere) and each agent's link to the broker (the board's NIC elsewhere).
+#[derive(Clone, Debug, Default)]
+pub struct Measured {
     pub profiles: Arc<moirai_core::cost::ProfileTable>,
+    pub links: BTreeMap<String, LinkStats>,
+}
+
+impl Measured {
+    /// Figures that never change: a standalone session's.
+    pub fn fixed(profiles: moirai_core::cost::ProfileTable) -> watch::Receiver<Measured> {
+        let (tx, rx) = watch::channel(Measured {
+            profiles: Arc::new(profiles),
+            links: BTreeMap::new(),
+        });
+        // The receiver keeps the last value once the sender is gone.
+        drop(tx);
+        rx
+    }
 }
 
 /// Latency samples kept for the metrics (the latest ones).
@@ -121,13 +152,33 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub enum InferEvent {
     Connected,
-    Joined { name: String, board: String },
-    Left { name: String },
-    Planned { epoch: u64, summary: String },
-    Ready { epoch: u64 },
-    Refused { agent: String, reason: String },
-    StreamingWeights { agent: String, bytes: usize },
-    Rerun { ids: Vec<u64>, agent: String },
+    Joined {
+        name: String,
+        board: String,
+    },
+    Left {
+        name: String,
+    },
+    Planned {
+        epoch: u64,
+        summary: String,
+        plan: Arc<EpochPlan>,
+    },
+    Ready {
+        epoch: u64,
+    },
+    Refused {
+        agent: String,
+        reason: String,
+    },
+    StreamingWeights {
+        agent: String,
+        bytes: usize,
+    },
+    Rerun {
+        ids: Vec<u64>,
+        agent: String,
+    },
 }
 
 enum Cmd {
@@ -144,6 +195,12 @@ pub struct SessionHandle {
     pub metrics: Arc<Mutex<Metrics>>,
 }
 
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle").finish_non_exhaustive()
+    }
+}
+
 impl SessionHandle {
     /// Runs one request; waits for a plan if none is ready yet.
     pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<InferOutcome, InferError> {
@@ -153,11 +210,6 @@ impl SessionHandle {
             .map_err(|_| InferError::Stopped)?;
         rx.await.map_err(|_| InferError::Stopped)?
     }
-}
-
-struct EpochState {
-    plan: EpochPlan,
-    ready: BTreeSet<String>,
 }
 
 /// Starts the session loop on the current runtime; it runs until `shutdown` resolves.
@@ -191,6 +243,20 @@ async fn run(
     let id = format!("moirai-infer-{}-{}", std::process::id(), session_nonce());
     let mut mo = moirai_link::mqtt::options(id, &opts.broker);
     mo.set_inflight(1000);
+    let orch_session = moirai_link::clock::now_ms();
+    if opts.announce {
+        mo.set_last_will(LastWill::new(
+            topics.orch_state(),
+            encode(&OrchState {
+                online: false,
+                session: orch_session,
+            })
+            .unwrap_or_default(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    opts.security.apply(&mut mo);
     let (client, mut eventloop) = AsyncClient::new(mo, 65536);
     // Activations are latency-bound: no Nagle delay on the way to the broker.
     let mut net = rumqttc::NetworkOptions::new();
@@ -198,9 +264,7 @@ async fn run(
     eventloop.set_network_options(net);
     let t0 = Instant::now();
     let mut agents: BTreeMap<String, Birth> = BTreeMap::new();
-    let mut epochs: BTreeMap<u64, EpochState> = BTreeMap::new();
-    let mut next_epoch = 0u64;
-    let mut active: Option<u64> = None;
+    let mut epochs: Epochs<Arc<EpochPlan>> = Epochs::default();
     let mut requests = Requests::default();
     let mut replies: BTreeMap<u64, oneshot::Sender<Result<InferOutcome, InferError>>> =
         BTreeMap::new();
@@ -211,6 +275,12 @@ async fn run(
     // Serving figures changed since they were last published, and when that was.
     let mut stats_dirty = false;
     let mut stats_at: Option<Instant> = None;
+    // A finished profile makes a new epoch: plans read the measured times (the links only
+    // when they plan for another reason, since every probe changes them a little).
+    let mut measured = opts.measured.clone();
+    // Held, so the table compared against is never freed and its address reused.
+    let mut profiles_seen = measured.borrow().profiles.clone();
+    let mut measured_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
@@ -221,7 +291,7 @@ async fn run(
             cmd = cmds.recv() => match cmd {
                 None => break,
                 Some(Cmd::Infer { inputs, reply }) => {
-                    if let Some((agent, reason)) = refusal.clone().filter(|_| active.is_none()) {
+                    if let Some((agent, reason)) = refusal.clone().filter(|_| epochs.active().is_none()) {
                         let _ = reply.send(Err(InferError::Refused { agent, reason }));
                         continue;
                     }
@@ -231,22 +301,58 @@ async fn run(
                     }
                     let id = requests.submit(inputs, t0.elapsed());
                     replies.insert(id, reply);
-                    if let Some(e) = active {
+                    if let Some(e) = epochs.active() {
                         dispatch(&client, &topics, &mut requests, &epochs, id, e, t0.elapsed());
                     }
                 }
             },
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for k in [InferKind::Hello, InferKind::Gone, InferKind::Status] {
-                        let _ = client.try_subscribe(topics.infer_all(k), QoS::AtLeastOnce);
+                    for f in [topics.all_agents(TopicKind::Birth), topics.all_agents(TopicKind::Death), topics.infer_all(InferKind::Status), topics.infer_result()] {
+                        let _ = client.try_subscribe(f, QoS::AtLeastOnce);
                     }
-                    let _ = client.try_subscribe(topics.infer_result(), QoS::AtLeastOnce);
+                    if opts.announce {
+                        moirai_link::mqtt::publish_retained(&client, topics.orch_state(), &OrchState { online: true, session: orch_session });
+                    }
                     let _ = events.send(InferEvent::Connected);
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {}
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(topic) = topics.parse_infer(&p.topic) else { continue };
+                    let topic = match topics.parse_infer(&p.topic) {
+                        Ok(t) => t,
+                        Err(_) => match topics.parse(&p.topic) {
+                            Ok(Topic::Agent { name, kind: TopicKind::Birth }) => {
+                                let Ok(b) = decode::<Birth>(&p.payload) else { continue };
+                                if b.name != name || agents.get(name.as_str()).is_some_and(|known| known.bd_seq >= b.bd_seq) {
+                                    // Someone else's name, or a session already known (a rebirth).
+                                    continue;
+                                }
+                                info!(agent = %name, board = %b.board, "agent joined");
+                                let _ = events.send(InferEvent::Joined { name: name.to_string(), board: b.board.to_string() });
+                                agents.insert(name.to_string(), b);
+                                replan_at = Some(Instant::now() + opts.debounce);
+                                continue;
+                            }
+                            Ok(Topic::Agent { name, kind: TopicKind::Death }) => {
+                                let Ok(d) = decode::<Death>(&p.payload) else { continue };
+                                let name = name.to_string();
+                                if agents.get(&name).is_none_or(|b| b.bd_seq != d.bd_seq) {
+                                    continue;
+                                }
+                                agents.remove(&name);
+                                let _ = events.send(InferEvent::Left { name: name.clone() });
+                                let touched = epochs.agent_died(&name);
+                                let ids = requests.rerun_where(|e| touched.contains(&e));
+                                if !ids.is_empty() {
+                                    info!(agent = %name, requests = ids.len(), "agent died: its requests run again on the next plan");
+                                    let _ = events.send(InferEvent::Rerun { ids, agent: name.clone() });
+                                }
+                                replan_at = Some(Instant::now() + opts.debounce);
+                                continue;
+                            }
+                            _ => continue,
+                        },
+                    };
                     match topic {
                         InferTopic::Result => {
                             let Ok(c) = decode::<ActivationChunk>(&p.payload) else {
@@ -255,7 +361,7 @@ async fn run(
                             };
                             match requests.on_chunk(c, model.outputs(), t0.elapsed()) {
                                 ChunkOutcome::Completed(done) => {
-                                    let predicted_ms = epochs.get(&done.epoch).map_or(0.0, |e| e.plan.predicted_ms);
+                                    let predicted_ms = epochs.plan(done.epoch).map_or(0.0, |p| p.predicted_ms);
                                     {
                                         let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
                                         stats_dirty = true;
@@ -278,7 +384,7 @@ async fn run(
                                             reruns: done.reruns,
                                         }));
                                     }
-                                    forget_old_epochs(&mut epochs, active, &requests);
+                                    epochs.forget_unused(&requests.epochs_in_use());
                                 }
                                 ChunkOutcome::Bad(e) => warn!(error = %e, "bad output chunk"),
                                 ChunkOutcome::Mismatch { id, tensor, what } => {
@@ -292,39 +398,7 @@ async fn run(
                                 _ => {}
                             }
                         }
-                        InferTopic::Agent { name, kind } => match kind {
-                            InferKind::Hello => {
-                                let Ok(b) = decode::<Birth>(&p.payload) else { continue };
-                                if b.name != name { continue; }
-                                info!(agent = %name, board = %b.board, "agent ready for inference");
-                                let _ = events.send(InferEvent::Joined { name: name.to_string(), board: b.board.to_string() });
-                                agents.insert(name.to_string(), b);
-                                replan_at = Some(Instant::now() + opts.debounce);
-                            }
-                            InferKind::Gone => {
-                                let Ok(d) = decode::<Death>(&p.payload) else { continue };
-                                let name = name.to_string();
-                                if agents.get(&name).is_none_or(|b| b.bd_seq != d.bd_seq) {
-                                    continue;
-                                }
-                                agents.remove(&name);
-                                let _ = events.send(InferEvent::Left { name: name.clone() });
-                                let touched: BTreeSet<u64> = epochs
-                                    .iter()
-                                    .filter(|(_, e)| e.plan.split.specs.get(&name).is_some_and(|s| !s.nodes.is_empty()))
-                                    .map(|(&k, _)| k)
-                                    .collect();
-                                if active.is_some_and(|a| touched.contains(&a)) {
-                                    active = None;
-                                }
-                                let ids = requests.rerun_where(|e| touched.contains(&e));
-                                if !ids.is_empty() {
-                                    info!(agent = %name, requests = ids.len(), "agent died: its requests run again on the next plan");
-                                    let _ = events.send(InferEvent::Rerun { ids, agent: name.clone() });
-                                }
-                                replan_at = Some(Instant::now() + opts.debounce);
-                            }
-                            InferKind::Status => {
+                        InferTopic::Agent { name, kind: InferKind::Status } => {
                                 let Ok(s) = decode::<ExecStatus>(&p.payload) else { continue };
                                 let name = name.to_string();
                                 match s {
@@ -333,11 +407,7 @@ async fn run(
                                         if differ > 0 {
                                             warn!(agent = %name, epoch, differ, "GPU kernels that differ from tract run on tract");
                                         }
-                                        let Some(e) = epochs.get_mut(&epoch) else { continue };
-                                        e.ready.insert(name);
-                                        let all = e.plan.split.specs.keys().all(|a| e.ready.contains(a));
-                                        if all && active.is_none_or(|a| a < epoch) && epoch == next_epoch {
-                                            active = Some(epoch);
+                                        if epochs.ready(&name, epoch) {
                                             refusal = None;
                                             let _ = events.send(InferEvent::Ready { epoch });
                                             metrics.lock().unwrap_or_else(|e| e.into_inner()).epoch = epoch;
@@ -345,13 +415,13 @@ async fn run(
                                             for id in requests.waiting() {
                                                 dispatch(&client, &topics, &mut requests, &epochs, id, epoch, t0.elapsed());
                                             }
-                                            forget_old_epochs(&mut epochs, active, &requests);
+                                            epochs.forget_unused(&requests.epochs_in_use());
                                         }
                                     }
                                     ExecStatus::Refused { epoch, reason } => {
                                         warn!(agent = %name, epoch, %reason, "assignment refused");
                                         let _ = events.send(InferEvent::Refused { agent: name.clone(), reason: reason.clone() });
-                                        if active.is_none() {
+                                        if epochs.active().is_none() {
                                             for id in requests.waiting() {
                                                 requests.fail(id);
                                                 if let Some(r) = replies.remove(&id) {
@@ -362,7 +432,7 @@ async fn run(
                                         refusal = Some((name, reason));
                                     }
                                     ExecStatus::NeedWeights { epoch, reason } => {
-                                        let Some(spec) = epochs.get(&epoch).and_then(|e| e.plan.split.specs.get(&name)) else { continue };
+                                        let Some(spec) = epochs.plan(epoch).and_then(|p| p.split.specs.get(&name)) else { continue };
                                         info!(agent = %name, epoch, %reason, "streaming the agent's weights");
                                         match submodel::extract(model.proto(), spec) {
                                             Ok(sub) => {
@@ -387,15 +457,28 @@ async fn run(
                                         }
                                     }
                                 }
-                            }
-                            _ => {}
-                        },
+                        }
+                        InferTopic::Agent { .. } => {}
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     warn!(error = %e, "broker connection lost; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            changed = measured.changed(), if measured_open => match changed {
+                // The fleet loop is gone (or never ran): the figures stay as they are.
+                Err(_) => measured_open = false,
+                Ok(()) => {
+                    let now = measured.borrow_and_update().profiles.clone();
+                    if !Arc::ptr_eq(&now, &profiles_seen) {
+                        profiles_seen = now;
+                        if !agents.is_empty() {
+                            info!("new kernel times measured: planning again");
+                            replan_at = Some(Instant::now() + opts.debounce);
+                        }
+                    }
                 }
             },
             Some(result) = plan_rx.recv() => {
@@ -409,17 +492,19 @@ async fn run(
                             continue;
                         }
                         info!(epoch, predicted_ms = plan.predicted_ms, "{}", plan.summary);
-                        let _ = events.send(InferEvent::Planned { epoch, summary: plan.summary.clone() });
+                        let plan = Arc::new(plan);
+                        let _ = events.send(InferEvent::Planned { epoch, summary: plan.summary.clone(), plan: plan.clone() });
                         for (agent, spec) in &plan.split.specs {
                             publish(&client, topics.infer(agent, InferKind::Subgraph), spec);
                         }
                         metrics.lock().unwrap_or_else(|e| e.into_inner()).agents = plan.split.specs.len();
-                        epochs.insert(epoch, EpochState { plan, ready: BTreeSet::new() });
+                        let members = plan.split.specs.iter().map(|(a, s)| (a.clone(), !s.nodes.is_empty())).collect();
+                        epochs.install(epoch, plan, members);
                     }
                     Err(e) => {
                         warn!(error = %e, "planning failed");
                         refusal = Some(("orchestrator".into(), e.to_string()));
-                        if active.is_none() {
+                        if epochs.active().is_none() {
                             for id in requests.waiting() {
                                 requests.fail(id);
                                 if let Some(r) = replies.remove(&id) {
@@ -445,17 +530,19 @@ async fn run(
                     stats_at = Some(Instant::now());
                 }
                 // `min_agents` only holds the first plan back; later ones use whoever is left.
-                let enough = agents.len() >= if next_epoch == 0 { opts.min_agents.max(1) } else { 1 };
+                let enough = agents.len() >= if epochs.any_started() { 1 } else { opts.min_agents.max(1) };
                 if !planning && enough && replan_at.is_some_and(|t| Instant::now() >= t) {
                     replan_at = None;
                     planning = true;
-                    next_epoch += 1;
-                    let epoch = next_epoch;
-                    let devices: Vec<OnlineAgent> =
-                        agents.values().map(|b| OnlineAgent::from_birth(b, None)).collect();
+                    let epoch = epochs.start();
+                    let measured = measured.borrow().clone();
+                    let devices: Vec<OnlineAgent> = agents
+                        .iter()
+                        .map(|(n, b)| OnlineAgent::from_birth(b, measured.links.get(n).copied()))
+                        .collect();
                     let model = model.clone();
                     let placement = opts.placement.clone();
-                    let profiles = opts.profiles.clone();
+                    let profiles = measured.profiles;
                     let tx = plan_tx.clone();
                     tokio::task::spawn_blocking(move || {
                         let _ = tx.send(plan_epoch(&model, devices, &placement, &profiles, epoch));
@@ -473,36 +560,44 @@ async fn run(
             }
         }
     }
+    if opts.announce {
+        moirai_link::mqtt::publish_retained(
+            &client,
+            topics.orch_state(),
+            &OrchState {
+                online: false,
+                session: orch_session,
+            },
+        );
+    }
     let _ = client.try_disconnect();
-}
-
-/// Drops plans no request runs on any more, except the active one.
-fn forget_old_epochs(
-    epochs: &mut BTreeMap<u64, EpochState>,
-    active: Option<u64>,
-    requests: &Requests,
-) {
-    let Some(active) = active else { return };
-    let used = requests.epochs_in_use();
-    epochs.retain(|&e, _| e >= active || used.contains(&e));
+    // Let the event loop flush the offline state and the disconnect.
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn dispatch(
     client: &AsyncClient,
     topics: &Topics,
     requests: &mut Requests,
-    epochs: &BTreeMap<u64, EpochState>,
+    epochs: &Epochs<Arc<EpochPlan>>,
     id: u64,
     epoch: u64,
     now: Duration,
 ) {
-    let Some(state) = epochs.get(&epoch) else {
+    let Some(plan) = epochs.plan(epoch) else {
         return;
     };
     let Some(inputs) = requests.dispatch(id, epoch, now) else {
         return;
     };
-    for (spec, readers) in &state.plan.split.inputs {
+    for (spec, readers) in &plan.split.inputs {
         let Some(t) = inputs.iter().find(|t| t.name == spec.name) else {
             continue;
         };

@@ -21,6 +21,59 @@ pub enum SplitError {
     Name(String),
     #[error("tensor `{0}` is read but nothing produces it")]
     Dangling(String),
+    /// One subgraph per agent runs when all its inputs are there, so shares that feed each
+    /// other both ways would wait on each other for ever.
+    #[error("the shares depend on each other in a cycle ({}): one subgraph per agent cannot run this placement", .0.join(" -> "))]
+    Cycle(Vec<String>),
+}
+
+/// A cycle between agents in `placement` (each group's agent) along the group edges, as
+/// the agents on it with the first repeated at the end; `None` when the shares form a DAG.
+pub fn share_cycle(
+    coarse: &CoarseGraph,
+    placement: &BTreeMap<String, String>,
+) -> Option<Vec<String>> {
+    let agent_of = |i: usize| coarse.groups.get(i).and_then(|g| placement.get(&g.name));
+    let mut next: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for e in &coarse.edges {
+        if let (Some(a), Some(b)) = (agent_of(e.src), agent_of(e.dst)) {
+            if a != b {
+                next.entry(a.as_str()).or_default().insert(b.as_str());
+            }
+        }
+    }
+    // Depth-first search with colours: on the stack (grey) or finished (black).
+    fn visit<'a>(
+        at: &'a str,
+        next: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+        stack: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = stack.iter().position(|s| *s == at) {
+            let mut cycle: Vec<String> = stack[i..].iter().map(|s| s.to_string()).collect();
+            cycle.push(at.to_string());
+            return Some(cycle);
+        }
+        if done.contains(at) {
+            return None;
+        }
+        stack.push(at);
+        for &n in next.get(at).into_iter().flatten() {
+            if let Some(c) = visit(n, next, stack, done) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        done.insert(at);
+        None
+    }
+    let mut done = BTreeSet::new();
+    for &a in next.keys() {
+        if let Some(c) = visit(a, &next, &mut Vec::new(), &mut done) {
+            return Some(c);
+        }
+    }
+    None
 }
 
 /// The plan epoch cut into subgraphs.
@@ -58,6 +111,9 @@ pub fn split(
     predicted_ms: f64,
     weight_bytes: impl Fn(&[String]) -> u64,
 ) -> Result<Split, SplitError> {
+    if let Some(cycle) = share_cycle(coarse, placement) {
+        return Err(SplitError::Cycle(cycle));
+    }
     // Nodes each agent runs (sorted: the model's nodes are in a topological order), and the
     // agent that runs each non-folded node.
     let mut nodes_of: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
@@ -230,17 +286,49 @@ mod tests {
         assert!(msg.contains("tensor `y` has element type F64"), "{msg}");
     }
 
+    /// Groups in topological order cut into `k` consecutive stages, stage `i` on agent `i`.
+    fn stages(m: &LoadedModel, k: usize) -> std::collections::BTreeMap<String, String> {
+        let n = m.coarse.groups.len();
+        m.coarse
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.clone(), ["a", "b", "c"][i * k / n].to_string()))
+            .collect()
+    }
+
     #[test]
-    fn every_node_runs_on_exactly_one_agent_and_every_received_tensor_has_a_sender() {
+    fn shares_that_feed_each_other_both_ways_are_refused_naming_the_cycle() {
         let m = tiny();
-        // Groups alternate between two agents: the worst case for crossings.
-        let placement: std::collections::BTreeMap<String, String> = m
+        // Groups alternate between two agents: a's share would wait for b's, which waits
+        // for a's.
+        let alternate: std::collections::BTreeMap<String, String> = m
             .coarse
             .groups
             .iter()
             .enumerate()
             .map(|(i, g)| (g.name.clone(), ["a", "b"][i % 2].to_string()))
             .collect();
+        let cycle = super::share_cycle(&m.coarse, &alternate).expect("a cycle");
+        assert_eq!(cycle.first(), cycle.last(), "{cycle:?}");
+        assert!(cycle.len() >= 3, "{cycle:?}");
+        let e = super::split(&m.onnx, &m.coarse, &alternate, 1, m.sha256, 1.0, |n| {
+            m.weight_bytes(n)
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("a -> b -> a") || e.to_string().contains("b -> a -> b"),
+            "{e}"
+        );
+        // Consecutive stages never form one.
+        assert_eq!(super::share_cycle(&m.coarse, &stages(&m, 3)), None);
+    }
+
+    #[test]
+    fn every_node_runs_on_exactly_one_agent_and_every_received_tensor_has_a_sender() {
+        let m = tiny();
+        // Three consecutive stages: every agent receives and sends.
+        let placement = stages(&m, 3);
         let s = super::split(&m.onnx, &m.coarse, &placement, 1, m.sha256, 1.0, |n| {
             m.weight_bytes(n)
         })

@@ -34,8 +34,10 @@ pub use codec::{decode, encode, WireMessage};
 pub use topic::{Topic, TopicKind};
 
 /// Version of the wire protocol, the first byte of every payload. Bumped on any change of a
-/// message layout.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// message layout or of what the topics mean. 4: the inference worker rides on the agent's
+/// session; who takes shares is known from births and deaths (no `infer/<n>/hello|gone`), so
+/// an agent of 3 would wait for shares that never come: it is refused instead.
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Longest agent name, board class or adapter name, in bytes.
 pub const NAME_LEN: usize = 32;

@@ -20,12 +20,11 @@
 //! | `<p>/agent/<name>/upgrade/status` | agent | `UpgradeStatus` |
 //! | `<p>/agent/<name>/refused` | orchestrator | UTF-8 text, outside the codec (see [`super::refusal`]) |
 //!
-//! Distributed inference ([`Topics::infer`], [`Topics::parse_infer`]):
+//! Distributed inference ([`Topics::infer`], [`Topics::parse_infer`]), on the same session
+//! as the agent's topics (who takes shares is known from births and deaths):
 //!
 //! | topic | from | message |
 //! |---|---|---|
-//! | `<p>/infer/<name>/hello` | agent | `Birth` |
-//! | `<p>/infer/<name>/gone` | agent's Last Will | `Death` |
 //! | `<p>/infer/<name>/subgraph` | orchestrator | `SubgraphSpec` |
 //! | `<p>/infer/<name>/weights` | orchestrator | `WeightChunk` |
 //! | `<p>/infer/<name>/status` | agent | `ExecStatus` |
@@ -193,8 +192,6 @@ impl Topics {
 /// The kinds of per-agent inference topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InferKind {
-    Hello,
-    Gone,
     Subgraph,
     Weights,
     Status,
@@ -204,9 +201,7 @@ pub enum InferKind {
 }
 
 impl InferKind {
-    pub const ALL: [InferKind; 7] = [
-        InferKind::Hello,
-        InferKind::Gone,
+    pub const ALL: [InferKind; 5] = [
         InferKind::Subgraph,
         InferKind::Weights,
         InferKind::Status,
@@ -216,8 +211,6 @@ impl InferKind {
 
     fn suffix(self) -> &'static str {
         match self {
-            InferKind::Hello => "hello",
-            InferKind::Gone => "gone",
             InferKind::Subgraph => "subgraph",
             InferKind::Weights => "weights",
             InferKind::Status => "status",
@@ -372,6 +365,9 @@ mod tests {
             "lab/moirai/infer/a/x",
             "lab/moirai/agent/a/act",
             "lab/moirai/infer/a+/act",
+            // Membership is the agent's birth and death; these are gone.
+            "lab/moirai/infer/a/hello",
+            "lab/moirai/infer/a/gone",
         ] {
             assert!(t.parse_infer(bad).is_err(), "{bad} parsed");
         }
