@@ -660,6 +660,57 @@ async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics()
         text.contains("moirai_request_latency_ms{quantile=\"0.5\"}"),
         "{text}"
     );
+    // JSON views of the plan in force (the groups each agent runs) and of the agents.
+    let a = addr.clone();
+    let (status, _, plan) = tokio::task::spawn_blocking(move || {
+        http::call(
+            &a,
+            "GET",
+            "/v1/plan",
+            "application/json",
+            "application/json",
+            b"",
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status, 200);
+    let plan: serde_json::Value = serde_json::from_slice(&plan).expect("JSON");
+    let in_force = &plan["in_force"];
+    assert_eq!(in_force["epoch"], 1, "{plan}");
+    let groups = in_force["groups"].as_object().expect("groups by agent");
+    let placed: usize = groups
+        .values()
+        .map(|g| g.as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(placed, model.coarse.groups.len(), "{plan}");
+    for a in ["pi5-1", "pi4-1"] {
+        assert!(groups.contains_key(a), "{plan}");
+    }
+    let a = addr.clone();
+    let (status, _, fleet_json) = tokio::task::spawn_blocking(move || {
+        http::call(
+            &a,
+            "GET",
+            "/v1/fleet",
+            "application/json",
+            "application/json",
+            b"",
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status, 200);
+    let fleet_json: serde_json::Value = serde_json::from_slice(&fleet_json).expect("JSON");
+    let names: Vec<&str> = fleet_json["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pi4-1", "pi5-1"], "{fleet_json}");
     // `moirai fleet` shows the same: measured latency next to the prediction.
     let broker = format!("mqtt://{}:{}", fleet.addr.host, fleet.addr.port);
     let shown = tokio::task::spawn_blocking(move || {

@@ -329,6 +329,22 @@ async fn handle(mut s: TcpStream, session: SessionHandle, specs: Arc<Vec<TensorS
     };
     debug!(method = %req.method, path = %req.path, "http request");
     match (req.method.as_str(), req.path.as_str()) {
+        ("GET", path @ ("/v1/plan" | "/v1/fleet")) => {
+            let v = session.views();
+            let body = if path == "/v1/plan" {
+                serde_json::json!({ "in_force": v.in_force, "newest": v.newest })
+            } else {
+                serde_json::json!({ "agents": v.agents })
+            };
+            let _ = respond(
+                &mut s,
+                200,
+                "application/json",
+                "",
+                body.to_string().as_bytes(),
+            )
+            .await;
+        }
         ("GET", "/v1/metrics") => {
             let m = session
                 .metrics

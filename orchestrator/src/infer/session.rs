@@ -145,6 +145,71 @@ impl Metrics {
     }
 }
 
+/// What `GET /v1/plan` and `GET /v1/fleet` show: the epochs and the agents, as the session
+/// holds them.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Views {
+    /// The epoch requests run on now, if any.
+    pub in_force: Option<EpochView>,
+    /// The newest plan, which may still wait for its agents.
+    pub newest: Option<EpochView>,
+    pub agents: Vec<AgentView>,
+}
+
+/// One plan epoch.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochView {
+    pub epoch: u64,
+    pub predicted_ms: f64,
+    /// The fused groups each agent runs, by agent.
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub summary: String,
+}
+
+impl EpochView {
+    fn of(plan: &EpochPlan) -> EpochView {
+        let mut groups: BTreeMap<String, Vec<String>> = plan
+            .agents
+            .iter()
+            .map(|a| (a.clone(), Vec::new()))
+            .collect();
+        for op in &plan.schedule.ops {
+            if let Some(a) = plan.agents.get(op.device as usize) {
+                groups.entry(a.clone()).or_default().push(op.id.clone());
+            }
+        }
+        EpochView {
+            epoch: plan.epoch,
+            predicted_ms: plan.predicted_ms,
+            groups,
+            summary: plan.summary.clone(),
+        }
+    }
+}
+
+/// An agent the session plans on.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AgentView {
+    pub name: String,
+    pub board: String,
+    pub backend: String,
+    pub memory_bytes: u64,
+    pub bd_seq: u64,
+}
+
+fn agent_views(agents: &BTreeMap<String, Birth>) -> Vec<AgentView> {
+    agents
+        .iter()
+        .map(|(n, b)| AgentView {
+            name: n.clone(),
+            board: b.board.to_string(),
+            backend: b.backend.to_string(),
+            memory_bytes: b.memory_bytes,
+            bd_seq: b.bd_seq,
+        })
+        .collect()
+}
+
 /// [`ServingStats`] are republished at most this often.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -193,6 +258,14 @@ enum Cmd {
 pub struct SessionHandle {
     tx: mpsc::UnboundedSender<Cmd>,
     pub metrics: Arc<Mutex<Metrics>>,
+    pub views: Arc<Mutex<Views>>,
+}
+
+impl SessionHandle {
+    /// The epochs and agents now.
+    pub fn views(&self) -> Views {
+        self.views.lock().map(|v| v.clone()).unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -222,11 +295,15 @@ pub fn start(
     let topics = Topics::new(&opts.prefix)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Mutex::new(Metrics::default()));
+    let views = Arc::new(Mutex::new(Views::default()));
     let handle = SessionHandle {
         tx,
         metrics: metrics.clone(),
+        views: views.clone(),
     };
-    let task = tokio::spawn(run(opts, topics, model, rx, events, metrics, shutdown));
+    let task = tokio::spawn(run(
+        opts, topics, model, rx, events, metrics, views, shutdown,
+    ));
     Ok((handle, task))
 }
 
@@ -238,8 +315,13 @@ async fn run(
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<InferEvent>,
     metrics: Arc<Mutex<Metrics>>,
+    views: Arc<Mutex<Views>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let set_views = |f: &dyn Fn(&mut Views)| {
+        let mut v = views.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut v);
+    };
     let id = format!("moirai-infer-{}-{}", std::process::id(), session_nonce());
     let mut mo = moirai_link::mqtt::options(id, &opts.broker);
     mo.set_inflight(1000);
@@ -330,6 +412,8 @@ async fn run(
                                 info!(agent = %name, board = %b.board, "agent joined");
                                 let _ = events.send(InferEvent::Joined { name: name.to_string(), board: b.board.to_string() });
                                 agents.insert(name.to_string(), b);
+                                let list = agent_views(&agents);
+                                set_views(&|v| v.agents = list.clone());
                                 replan_at = Some(Instant::now() + opts.debounce);
                                 continue;
                             }
@@ -340,8 +424,13 @@ async fn run(
                                     continue;
                                 }
                                 agents.remove(&name);
+                                let list = agent_views(&agents);
+                                set_views(&|v| v.agents = list.clone());
                                 let _ = events.send(InferEvent::Left { name: name.clone() });
                                 let touched = epochs.agent_died(&name);
+                                if epochs.active().is_none() {
+                                    set_views(&|v| v.in_force = None);
+                                }
                                 let ids = requests.rerun_where(|e| touched.contains(&e));
                                 if !ids.is_empty() {
                                     info!(agent = %name, requests = ids.len(), "agent died: its requests run again on the next plan");
@@ -409,6 +498,10 @@ async fn run(
                                         }
                                         if epochs.ready(&name, epoch) {
                                             refusal = None;
+                                            if let Some(p) = epochs.plan(epoch) {
+                                                let view = EpochView::of(p);
+                                                set_views(&|v| v.in_force = Some(view.clone()));
+                                            }
                                             let _ = events.send(InferEvent::Ready { epoch });
                                             metrics.lock().unwrap_or_else(|e| e.into_inner()).epoch = epoch;
                                             stats_dirty = true;
@@ -498,6 +591,8 @@ async fn run(
                             publish(&client, topics.infer(agent, InferKind::Subgraph), spec);
                         }
                         metrics.lock().unwrap_or_else(|e| e.into_inner()).agents = plan.split.specs.len();
+                        let view = EpochView::of(&plan);
+                        set_views(&|v| v.newest = Some(view.clone()));
                         let members = plan.split.specs.iter().map(|(a, s)| (a.clone(), !s.nodes.is_empty())).collect();
                         epochs.install(epoch, plan, members);
                     }
