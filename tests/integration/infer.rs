@@ -579,6 +579,26 @@ async fn an_agent_joining_while_requests_stream_fails_none_and_later_requests_us
     fleet.shutdown().await;
 }
 
+/// `GET path` on the endpoint at `addr`: a 200 with a JSON body.
+async fn get_json(addr: &str, path: &'static str) -> serde_json::Value {
+    let a = addr.to_string();
+    let (status, _, body) = tokio::task::spawn_blocking(move || {
+        moirai_orchestrator::infer::http::call(
+            &a,
+            "GET",
+            path,
+            "application/json",
+            "application/json",
+            b"",
+        )
+    })
+    .await
+    .unwrap()
+    .expect("an answer");
+    assert_eq!(status, 200, "GET {path}");
+    serde_json::from_slice(&body).expect("JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics() {
     use moirai_orchestrator::infer::http;
@@ -661,22 +681,7 @@ async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics()
         "{text}"
     );
     // JSON views of the plan in force (the groups each agent runs) and of the agents.
-    let a = addr.clone();
-    let (status, _, plan) = tokio::task::spawn_blocking(move || {
-        http::call(
-            &a,
-            "GET",
-            "/v1/plan",
-            "application/json",
-            "application/json",
-            b"",
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(status, 200);
-    let plan: serde_json::Value = serde_json::from_slice(&plan).expect("JSON");
+    let plan = get_json(&addr, "/v1/plan").await;
     let in_force = &plan["in_force"];
     assert_eq!(in_force["epoch"], 1, "{plan}");
     let groups = in_force["groups"].as_object().expect("groups by agent");
@@ -688,22 +693,7 @@ async fn the_http_endpoint_answers_tensors_with_request_ids_errors_and_metrics()
     for a in ["pi5-1", "pi4-1"] {
         assert!(groups.contains_key(a), "{plan}");
     }
-    let a = addr.clone();
-    let (status, _, fleet_json) = tokio::task::spawn_blocking(move || {
-        http::call(
-            &a,
-            "GET",
-            "/v1/fleet",
-            "application/json",
-            "application/json",
-            b"",
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(status, 200);
-    let fleet_json: serde_json::Value = serde_json::from_slice(&fleet_json).expect("JSON");
+    let fleet_json = get_json(&addr, "/v1/fleet").await;
     let names: Vec<&str> = fleet_json["agents"]
         .as_array()
         .expect("agents")
