@@ -296,6 +296,22 @@ fn case(dir: PathBuf, model: &LoadedModel) -> Case {
     }
 }
 
+/// The summary of the first plan among `events`.
+fn first_plan(events: &[InferEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            InferEvent::Planned { summary, .. } => Some(summary.clone()),
+            _ => None,
+        })
+        .expect("a plan")
+}
+
+/// Whether `agent` got groups in a plan summary (`name:groups` per agent).
+fn has_share(summary: &str, agent: &str) -> bool {
+    !summary.contains(&format!("{agent}:0 ")) && !summary.contains(&format!("{agent}:0)"))
+}
+
 fn tiny() -> PathBuf {
     repo_root().join("tests/fixtures/onnx/tiny-cnn")
 }
@@ -324,19 +340,10 @@ async fn runs_across_three_agents(dir: PathBuf, stream_one: bool, gpu: bool) {
     .expect("answered in time")
     .expect("inference succeeds");
     let events = fleet.drain();
-    let planned = events
-        .iter()
-        .find_map(|e| match e {
-            InferEvent::Planned { summary, .. } => Some(summary.clone()),
-            _ => None,
-        })
-        .expect("a plan");
+    let planned = first_plan(&events);
     // Every agent ran a share: the summary lists `name:groups` per agent.
     for a in ["pi5-1", "pi4-1", "jetson-1"] {
-        assert!(
-            !planned.contains(&format!("{a}:0 ")) && !planned.contains(&format!("{a}:0)")),
-            "{a} got no share: {planned}"
-        );
+        assert!(has_share(&planned, a), "{a} got no share: {planned}");
     }
     if stream_one {
         assert!(
@@ -1064,13 +1071,7 @@ async fn a_fleet_with_tls_and_logins_serves_inference_each_agent_on_its_one_sess
     let d = worst(&out.outputs, &c.outputs);
     assert!(d <= TOL, "relative difference {d:e}");
     let events = fleet.drain();
-    let planned = events
-        .iter()
-        .find_map(|e| match e {
-            InferEvent::Planned { summary, .. } => Some(summary.clone()),
-            _ => None,
-        })
-        .expect("a plan");
+    let planned = first_plan(&events);
     for n in names {
         assert!(
             events
@@ -1078,9 +1079,7 @@ async fn a_fleet_with_tls_and_logins_serves_inference_each_agent_on_its_one_sess
                 .any(|e| matches!(e, InferEvent::Joined { name, .. } if name == n)),
             "{n} never joined: {events:?}"
         );
-        let has_share =
-            !planned.contains(&format!("{n}:0 ")) && !planned.contains(&format!("{n}:0)"));
-        assert!(has_share, "{n} got no share: {planned}");
+        assert!(has_share(&planned, n), "{n} got no share: {planned}");
         // The broker admits a device only under its own name, so the weights it was
         // streamed reached the session its birth came from: there is no second one.
         assert!(
